@@ -1,0 +1,211 @@
+"""Storage backends: the only code that touches where bytes live.
+
+A backend maps string keys (``chunks/ab/ab12…``, ``manifests/…``) to immutable
+byte strings. Everything above it (store, snapshot, restore, gc) is written
+against this interface so an object-store backend can be added without
+touching the rest.
+
+Durability contract of :class:`LocalBackend` (after restic's local backend):
+write to a unique temp file, fsync it, rename it into place, fsync the
+directory. A final name therefore never points at partial content; a crash
+leaves at most a temp file in ``tmp/``, which is ignored and swept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightvault.errors import DiskFullError, WeightvaultError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object.
+
+    Attributes:
+        key: its key, relative to the backend root, with ``/`` separators.
+        size: its size in bytes.
+        mtime: last modification, seconds since the epoch (GC grace periods use it).
+    """
+
+    key: str
+    size: int
+    mtime: float
+
+
+class Backend(ABC):
+    """put/get/has/list/delete over immutable objects."""
+
+    @abstractmethod
+    def put(self, key: str, data, *, exclusive: bool = False) -> bool:
+        """Store ``data`` under ``key`` atomically.
+
+        Args:
+            key: object key.
+            data: bytes-like.
+            exclusive: fail (return False) instead of replacing when ``key`` exists.
+        Returns:
+            True when written, False when ``exclusive`` and the key already existed.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the bytes under ``key``; raise ``FileNotFoundError`` when absent."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Return up to ``length`` bytes of ``key`` from ``start``."""
+
+    @abstractmethod
+    def has(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix`` (a folder, ending in /)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return False when it was already gone."""
+
+    def touch(self, key: str) -> None:
+        """Refresh an object's mtime (a re-referenced chunk must survive GC's grace)."""
+
+
+class LocalBackend(Backend):
+    """Objects as files under a root folder."""
+
+    TMP = "tmp"
+
+    def __init__(self, root: str | os.PathLike, *, fsync: bool = True):
+        self.root = Path(root)
+        self.fsync = fsync
+        self._made_dirs: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise WeightvaultError(f"internal: bad object key {key!r}")
+        return self.root / key
+
+    def _mkdir(self, d: Path) -> None:
+        if d not in self._made_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(d)
+
+    def _fsync_dir(self, d: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_temp(self, data) -> Path:
+        tmpdir = self.root / self.TMP
+        self._mkdir(tmpdir)
+        tmp = tmpdir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(str(self.root)) from e
+            raise
+        return tmp
+
+    def put(self, key: str, data, *, exclusive: bool = False) -> bool:
+        final = self.path(key)
+        self._mkdir(final.parent)
+        tmp = self._write_temp(data)
+        try:
+            if exclusive:
+                # link() is atomic and fails when the name exists: a name is claimed once.
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, final)
+            self._fsync_dir(final.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        with open(self.path(key), "rb") as f:
+            return f.read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with open(self.path(key), "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                key = f"{rel}/{name}" if rel != "." else name
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> bool:
+        try:
+            self.path(key).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def touch(self, key: str) -> None:
+        try:
+            os.utime(self.path(key))
+        except FileNotFoundError:
+            pass
+
+    def sweep_temp(self, older_than_s: float = 3600) -> int:
+        """Delete temp files older than ``older_than_s`` (left by crashed writers)."""
+        tmpdir = self.root / self.TMP
+        if not tmpdir.is_dir():
+            return 0
+        now, n = time.time(), 0
+        for p in tmpdir.iterdir():
+            try:
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n

@@ -1,0 +1,364 @@
+"""Snapshot: turn a model folder into chunks, a manifest and a ref, in that order.
+
+Write order (docs/design.md, "Write order"): every chunk is durably stored
+before the manifest that names it, and the manifest before the ref that makes
+the version visible. A crash at any point leaves only unreferenced chunks or
+an unreferenced manifest, which GC collects; no half-written version is ever
+visible.
+
+Chunking: a safetensors file is cut at tensor boundaries: its header is one
+segment, and each tensor is cut into ``chunk_size`` pieces counted from the
+tensor's own start. An identical tensor therefore yields identical chunks
+whatever file, shard or offset holds it, and a partly changed tensor shares
+its unchanged pieces. Other files are cut into ``chunk_size`` pieces.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import mmap
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.archive import codecs, ids, paths
+from weightvault.archive.manifest import FileEntry, Manifest, TensorEntry
+from weightvault.archive.safetensors_header import read_header
+from weightvault.archive.store import Store, now_iso
+from weightvault.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    PickleRefusedError,
+    VersionNotFoundError,
+)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}
+SKIP_PATHS = (".cache/huggingface",)  # huggingface_hub's local-dir bookkeeping
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file found in the source folder.
+
+    Attributes:
+        rel: its POSIX path relative to the folder.
+        path: its path on disk.
+        size: its size in bytes.
+    """
+
+    rel: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A byte range of a file that becomes one chunk.
+
+    Attributes:
+        start: offset in the file.
+        end: end offset (exclusive).
+        dtype: dtype of the tensor it belongs to, or None.
+        tensor: tensor name, or None (header, other files).
+        piece: index of this piece within its tensor.
+    """
+
+    start: int
+    end: int
+    dtype: str | None = None
+    tensor: str | None = None
+    piece: int = 0
+
+
+@dataclass
+class SnapshotStats:
+    """What a snapshot wrote.
+
+    Attributes:
+        files, tensors, chunks: counts in the version.
+        raw_bytes: total size of its files.
+        new_chunks: chunks this snapshot stored (not already in the store).
+        new_raw_bytes: raw size of those chunks.
+        new_stored_bytes: their size on disk.
+        new_chunk_info: chunk id -> (raw_len, stored_len, codec, base) for new chunks.
+    """
+
+    files: int = 0
+    tensors: int = 0
+    chunks: int = 0
+    raw_bytes: int = 0
+    new_chunks: int = 0
+    new_raw_bytes: int = 0
+    new_stored_bytes: int = 0
+    new_chunk_info: dict = field(default_factory=dict)
+
+    @property
+    def dedup_bytes(self) -> int:
+        return self.raw_bytes - self.new_raw_bytes
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """The committed version.
+
+    Attributes:
+        model, version: its name.
+        manifest_id: its manifest's ID.
+        manifest: the manifest.
+        stats: what was written.
+    """
+
+    model: str
+    version: str
+    manifest_id: str
+    manifest: Manifest
+    stats: SnapshotStats
+
+
+def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
+    """List the files of a model folder, sorted, with their names validated."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidInputError(f"{root} is not a folder", hint="pass the folder that holds config.json and the weights")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d not in SKIP_DIRS and (f"{rel_dir}/{d}" if rel_dir != "." else d) not in SKIP_PATHS
+        )
+        for name in sorted(filenames):
+            rel = f"{rel_dir}/{name}" if rel_dir != "." else name
+            if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) for pat in exclude):
+                continue
+            paths.check_relative(rel)
+            p = Path(dirpath) / name
+            if not p.is_file():
+                continue  # sockets, fifos, dangling links
+            out.append(SourceFile(rel, p, p.stat().st_size))
+    return out
+
+
+def looks_pickled(path: Path) -> bool:
+    if not path.name.lower().endswith(PICKLE_SUFFIXES):
+        return False
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # zip (torch.save since 1.6) or a pickle protocol-2+ opcode
+    return magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"
+
+
+def plan_segments(src: SourceFile, chunk_size: int):
+    """Return (format, tensors, segments) for one file; validates safetensors strictly."""
+    segs: list[Segment] = []
+    if src.rel.endswith(".safetensors"):
+        header = read_header(src.path, src.size)
+        _split(segs, 0, header.data_start, chunk_size)
+        tensors = []
+        for t in header.tensors:
+            first = len(segs)
+            _split(segs, t.begin, t.end, chunk_size, t.dtype, t.name)
+            tensors.append(TensorEntry(t.name, t.dtype, t.shape, t.begin, t.end, first, len(segs) - first))
+        return "safetensors", tensors, segs
+    _split(segs, 0, src.size, chunk_size)
+    return "blob", [], segs
+
+
+def _split(segs, start, end, size, dtype=None, tensor=None):
+    piece = 0
+    while start < end:
+        stop = min(start + size, end)
+        segs.append(Segment(start, stop, dtype, tensor, piece))
+        start, piece = stop, piece + 1
+
+
+class ChunkWriter:
+    """Hashes, deduplicates, encodes and stores chunks on a thread pool.
+
+    ``encode`` may be replaced (the engine passes a parent-aware encoder that
+    stores deltas); it receives the raw view, the chunk ID and the Segment.
+    """
+
+    def __init__(self, store: Store, *, workers: int | None = None, encode=None):
+        self.store = store
+        self.workers = workers or os.cpu_count() or 2
+        self.encode = encode or (lambda raw, cid, seg, rel: codecs.encode_chunk(raw, cid, dtype=seg.dtype))
+        self.stats = SnapshotStats()
+        self._lock = threading.Lock()
+        self._claimed: set[str] = set()
+
+    def _one(self, view, seg: Segment, rel: str) -> tuple[str, int]:
+        cid = ids.content_id(view)
+        with self._lock:
+            mine = cid not in self._claimed and not self.store.has_chunk(cid)
+            if mine:
+                self._claimed.add(cid)
+        if mine:
+            enc = self.encode(view, cid, seg, rel)
+            self.store.put_chunk(cid, enc)
+            with self._lock:
+                st = self.stats
+                st.new_chunks += 1
+                st.new_raw_bytes += len(view)
+                st.new_stored_bytes += len(enc.container)
+                st.new_chunk_info[cid] = (len(view), len(enc.container), enc.codec, enc.base)
+        else:
+            self.store.backend.touch(self.store.chunk_key(cid))  # re-referenced: survives GC's grace
+        return cid, len(view)
+
+    def write_file(self, pool: ThreadPoolExecutor, src: SourceFile, segs: list[Segment], progress=None):
+        """Store every segment of ``src``; return (chunk list, sha256 hex)."""
+        sha = hashlib.sha256()
+        if src.size == 0:
+            return [], sha.hexdigest()
+        with open(src.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if len(mm) != src.size:
+                raise InvalidInputError(f"{src.rel} changed size while being read", hint="rerun once it is stable")
+            view = memoryview(mm)
+            results, window = [], deque()
+            for seg in segs:
+                window.append(pool.submit(self._one, view[seg.start : seg.end], seg, src.rel))
+                if len(window) >= 2 * self.workers:
+                    results.append(window.popleft().result())
+                    if progress:
+                        progress(results[-1][1])
+                sha.update(view[seg.start : seg.end])
+            while window:
+                results.append(window.popleft().result())
+                if progress:
+                    progress(results[-1][1])
+            del view
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # a view outlived us on an error path; the GC will close it
+                pass
+        return results, sha.hexdigest()
+
+
+def next_version(store: Store, model: str) -> str:
+    nums = [int(r.version) for r in store.list_refs(model) if r.version.isdigit()]
+    return str(max(nums, default=0) + 1)
+
+
+def latest_ref(store: Store, model: str):
+    refs = store.list_refs(model)
+    return max(refs, key=lambda r: r.created_at) if refs else None
+
+
+def snapshot(
+    store: Store,
+    source: str | os.PathLike,
+    model: str,
+    *,
+    version: str | None = None,
+    parent: str | None = None,
+    tags: tuple[str, ...] = (),
+    message: str = "",
+    exclude: tuple[str, ...] = (),
+    source_info: dict | None = None,
+    lineage: tuple[dict, ...] = (),
+    metadata: dict | None = None,
+    encode=None,
+    progress=None,
+    workers: int | None = None,
+    files: list[SourceFile] | None = None,
+) -> SnapshotResult:
+    """Archive a model folder as ``model@version``.
+
+    Args:
+        store: an open Store.
+        source: the folder (Hugging Face layout: shards, index json, config, tokenizer...).
+        model: model name.
+        version: version label; default the next integer.
+        parent: parent version label; default the model's latest version; "" for none.
+        tags, message: recorded in the manifest.
+        exclude: glob patterns of files to leave out.
+        source_info: what to record as the source (default: the local path).
+        lineage: lineage edges recorded in the manifest.
+        metadata: extracted card/config facts recorded in the manifest.
+        encode: chunk encoder override (the engine's delta encoder).
+        progress: callable(n_bytes) -> None, or an object with ``start(total)`` and ``__call__``.
+        files: pre-scanned files (Hub snapshots pass blobs here).
+    Returns:
+        A SnapshotResult; the version is committed (visible) when this returns.
+
+    Example:
+        >>> # snapshot(Store.open("vault", create=True), "./bert", "bert")
+    """
+    ids.check_model_name(model)
+    if version is not None:
+        ids.check_version_name(version)
+        if store.get_ref(model, version) is not None:
+            raise AlreadyExistsError(f"{model}@{version} already exists",
+                                     hint="pick another --version, or omit it for the next number")
+    source = Path(source)
+    files = files if files is not None else scan_folder(source, tuple(exclude))
+    if not files:
+        raise InvalidInputError(f"{source} has no files to archive")
+    for f in files:
+        if looks_pickled(f.path):
+            raise PickleRefusedError(f.rel)
+    parent_id = _resolve_parent(store, model, parent)
+    # Validate every header before writing anything: bad input leaves nothing behind.
+    plans = [(f, *plan_segments(f, store.chunk_size)) for f in files]
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(sum(f.size for f in files))
+
+    writer = ChunkWriter(store, workers=workers, encode=encode)
+    entries = []
+    n_params = 0
+    with ThreadPoolExecutor(max_workers=writer.workers, thread_name_prefix="wv-chunk") as pool:
+        for src, fmt, tensors, segs in plans:
+            chunks, sha = writer.write_file(pool, src, segs, progress)
+            entries.append(FileEntry(src.rel, src.size, sha, fmt, tuple(chunks), tuple(tensors)))
+            n_params += sum(t_elems(t) for t in tensors)
+    stats = writer.stats
+    stats.files = len(entries)
+    stats.tensors = sum(len(e.tensors) for e in entries)
+    stats.chunks = sum(len(e.chunks) for e in entries)
+    stats.raw_bytes = sum(e.size for e in entries)
+
+    meta = dict(metadata or {})
+    meta.setdefault("n_parameters", n_params)
+    auto = version is None
+    version = version or next_version(store, model)
+    while True:
+        manifest = Manifest(
+            model=model, version=version, created_at=now_iso(), files=tuple(entries), parent=parent_id,
+            message=message, tags=tuple(tags), source=source_info or {"kind": "local", "path": str(source.absolute())},
+            lineage=tuple(lineage), metadata=meta, chunking={"chunk_size": store.chunk_size},
+        )
+        mid = store.put_manifest(manifest)
+        if store.create_ref(model, version, mid):
+            return SnapshotResult(model, version, mid, manifest, stats)
+        if not auto:
+            raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
+                                     hint="pick another --version")
+        version = str(int(version) + 1)  # a concurrent snapshot took the number
+
+
+def t_elems(t: TensorEntry) -> int:
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n
+
+
+def _resolve_parent(store: Store, model: str, parent: str | None) -> str | None:
+    if parent == "":
+        return None
+    if parent is None:
+        ref = latest_ref(store, model)
+        return ref.manifest_id if ref else None
+    ref = store.get_ref(model, parent)
+    if ref is None:
+        raise VersionNotFoundError(model, parent)
+    return ref.manifest_id

@@ -1,0 +1,268 @@
+"""The Store: a repository folder of chunks, manifests, refs and events.
+
+Layout (docs/design.md is the spec)::
+
+    config.json                      format version, store id, hash, chunk size
+    chunks/ab/ab12…                  chunk containers, named by BLAKE3 of raw bytes
+    manifests/ab/ab12…               snapshot manifests, named by BLAKE3 of their bytes
+    events/ab/ab12…                  metadata events, named by BLAKE3 of their bytes
+    refs/<model>/<version>           the claim model@version -> manifest, created once
+    catalog.duckdb                   the DuckDB index (rebuildable from the above)
+    locks/  tmp/                     lock files; temp files of in-flight writes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from weightvault.archive import codecs, ids
+from weightvault.archive.backend import Backend, LocalBackend
+from weightvault.archive.locking import FileLock
+from weightvault.archive.manifest import Manifest
+from weightvault.errors import (
+    ChunkMissingError,
+    ManifestCorruptError,
+    StoreFormatError,
+    StoreNotFoundError,
+    UnsupportedStoreVersionError,
+)
+
+STORE_TYPE = "weightvault.store"
+STORE_FORMAT = 1
+SUPPORTED_FORMATS = (1,)
+DEFAULT_CHUNK_SIZE = 4 << 20  # 4 MiB: bounded memory per worker; a partly changed tensor shares the rest
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def default_store_path() -> Path:
+    """``$WEIGHTVAULT_STORE``, else ``$XDG_DATA_HOME/weightvault/store``, else ``~/.local/share/weightvault/store``."""
+    env = os.environ.get("WEIGHTVAULT_STORE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "weightvault" / "store"
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """A version name's claim.
+
+    Attributes:
+        model: model name.
+        version: version label.
+        manifest_id: the manifest it names.
+        created_at: when the claim was made.
+    """
+
+    model: str
+    version: str
+    manifest_id: str
+    created_at: str
+
+
+def _ref_key(model: str, version: str) -> str:
+    # '~' cannot occur in a model name, so org/name flattens reversibly.
+    return f"refs/{model.replace('/', '~')}/{version}"
+
+
+def fanout(prefix: str, object_id: str) -> str:
+    return f"{prefix}/{object_id[:2]}/{object_id}"
+
+
+class Store:
+    """An opened store. Create with :meth:`init` or :meth:`open`.
+
+    >>> # store = Store.open("/data/vault", create=True)
+    """
+
+    def __init__(self, root: Path, backend: Backend, config: dict):
+        self.root = root
+        self.backend = backend
+        self.config = config
+        self.lock = FileLock(root / "locks" / "store.lock", f"store {root}")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike) -> "Store":
+        root = Path(path).expanduser().absolute()
+        backend = LocalBackend(root)
+        if backend.has("config.json"):
+            return cls.open(root)
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "type": STORE_TYPE, "format": STORE_FORMAT, "id": uuid.uuid4().hex,
+            "created_at": now_iso(), "hash": ids.HASH_NAME, "chunk_size": DEFAULT_CHUNK_SIZE,
+        }
+        backend.put("config.json", json.dumps(config, indent=2).encode(), exclusive=True)
+        return cls.open(root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False) -> "Store":
+        root = Path(path).expanduser().absolute()
+        backend = LocalBackend(root)
+        try:
+            raw = backend.get("config.json")
+        except (FileNotFoundError, NotADirectoryError):
+            if create:
+                return cls.init(root)
+            raise StoreNotFoundError(str(root)) from None
+        try:
+            config = json.loads(raw)
+            fmt = config["format"]
+            if config.get("type") != STORE_TYPE:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise StoreFormatError(f"{root}/config.json is not a weightvault store config",
+                                   hint="point --store at a weightvault store") from None
+        if fmt not in SUPPORTED_FORMATS:
+            raise UnsupportedStoreVersionError(str(root), fmt, SUPPORTED_FORMATS)
+        if config.get("hash") != ids.HASH_NAME:
+            raise UnsupportedStoreVersionError(str(root), f"hash {config.get('hash')}", ids.HASH_NAME)
+        return cls(root, backend, config)
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.config.get("chunk_size", DEFAULT_CHUNK_SIZE))
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    # -- chunks --------------------------------------------------------------
+
+    def chunk_key(self, chunk_id: str) -> str:
+        return fanout("chunks", chunk_id)
+
+    def has_chunk(self, chunk_id: str) -> bool:
+        return self.backend.has(self.chunk_key(chunk_id))
+
+    def put_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> None:
+        self.backend.put(self.chunk_key(chunk_id), enc.container)
+
+    def get_container(self, chunk_id: str) -> bytes:
+        try:
+            return self.backend.get(self.chunk_key(chunk_id))
+        except FileNotFoundError:
+            raise ChunkMissingError(chunk_id) from None
+
+    def read_chunk(self, chunk_id: str, expected_len: int | None = None) -> bytes:
+        """Return a chunk's raw bytes, verified against its ID."""
+        container = self.get_container(chunk_id)
+        return codecs.decode_chunk(container, chunk_id, self.read_chunk, expected_len=expected_len)
+
+    def chunk_header(self, chunk_id: str) -> tuple[codecs.ChunkHeader, int]:
+        """Read only a container's header: (parsed header, stored size)."""
+        key = self.chunk_key(chunk_id)
+        info = self.backend.stat(key)
+        if info is None:
+            raise ChunkMissingError(chunk_id)
+        head = self.backend.get_range(key, 0, 4096)
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        if n < 0 or 8 + n > info.size or n > 1 << 20:
+            from weightvault.errors import ChunkCorruptError
+
+            raise ChunkCorruptError(chunk_id, "container header length is invalid")
+        if len(head) < 8 + n:
+            head = self.backend.get_range(key, 0, 8 + n)
+        return _parse_head_only(head, info.size, chunk_id), info.size
+
+    def list_chunks(self):
+        """Yield :class:`ObjectInfo` for every stored chunk."""
+        for info in self.backend.list("chunks/"):
+            name = info.key.rsplit("/", 1)[-1]
+            if ids.is_id(name):
+                yield info
+
+    # -- manifests -----------------------------------------------------------
+
+    def put_manifest(self, manifest: Manifest) -> str:
+        data = manifest.to_bytes()
+        mid = ids.content_id(data)
+        self.backend.put(fanout("manifests", mid), data)
+        return mid
+
+    def get_manifest(self, manifest_id: str) -> Manifest:
+        try:
+            data = self.backend.get(fanout("manifests", manifest_id))
+        except FileNotFoundError:
+            raise ManifestCorruptError(manifest_id, "missing from the store") from None
+        return Manifest.from_bytes(data, manifest_id)
+
+    def list_manifest_ids(self) -> list[str]:
+        return [i.key.rsplit("/", 1)[-1] for i in self.backend.list("manifests/") if ids.is_id(i.key.rsplit("/", 1)[-1])]
+
+    # -- refs ----------------------------------------------------------------
+
+    def create_ref(self, model: str, version: str, manifest_id: str) -> bool:
+        """Claim ``model@version`` for a manifest; False when the name is taken."""
+        body = json.dumps({"model": model, "version": version, "manifest": manifest_id, "created_at": now_iso()})
+        return self.backend.put(_ref_key(model, version), body.encode(), exclusive=True)
+
+    def delete_ref(self, model: str, version: str) -> bool:
+        return self.backend.delete(_ref_key(model, version))
+
+    def get_ref(self, model: str, version: str) -> RefRecord | None:
+        try:
+            return self._parse_ref(self.backend.get(_ref_key(model, version)), _ref_key(model, version))
+        except FileNotFoundError:
+            return None
+
+    def _parse_ref(self, data: bytes, key: str) -> RefRecord:
+        try:
+            d = json.loads(data)
+            return RefRecord(d["model"], d["version"], ids.check_id(d["manifest"]), d["created_at"])
+        except (ValueError, KeyError, TypeError, Exception) as e:
+            raise StoreFormatError(f"ref {key} is unreadable ({e})", hint="run `weightvault verify`") from None
+
+    def list_refs(self, model: str | None = None) -> list[RefRecord]:
+        prefix = f"refs/{model.replace('/', '~')}/" if model else "refs/"
+        out = []
+        for info in self.backend.list(prefix):
+            out.append(self._parse_ref(self.backend.get(info.key), info.key))
+        return out
+
+    # -- events --------------------------------------------------------------
+
+    def put_event(self, event_type: str, payload: dict, *, at: str | None = None) -> str:
+        """Write an immutable metadata event; returns its ID."""
+        body = {"type": event_type, "at": at or now_iso(), "payload": payload}
+        data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        eid = ids.content_id(data)
+        self.backend.put(fanout("events", eid), data)
+        return eid
+
+    def get_event(self, event_id: str) -> dict:
+        data = self.backend.get(fanout("events", event_id))
+        if ids.content_id(data) != event_id:
+            raise ManifestCorruptError(event_id, "event content does not match its ID")
+        return json.loads(data)
+
+    def list_event_ids(self) -> list[str]:
+        return [i.key.rsplit("/", 1)[-1] for i in self.backend.list("events/") if ids.is_id(i.key.rsplit("/", 1)[-1])]
+
+
+def _parse_head_only(head: bytes, stored_size: int, chunk_id: str) -> codecs.ChunkHeader:
+    """Parse a container header without its payload (for sizes and codecs)."""
+    import json as _json
+
+    from weightvault.errors import ChunkCorruptError
+
+    try:
+        n = int.from_bytes(head[:8], "little")
+        obj = _json.loads(head[8 : 8 + n])
+        meta = obj.pop("__metadata__")
+        streams = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in obj.items()}
+    except (ValueError, KeyError, TypeError):
+        raise ChunkCorruptError(chunk_id, "container header unreadable") from None
+    if meta.get("id") != chunk_id or "raw_len" not in meta or "codec" not in meta:
+        raise ChunkCorruptError(chunk_id, "container metadata does not name this chunk")
+    return codecs.ChunkHeader(dict(meta), streams)

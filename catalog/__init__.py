@@ -1,0 +1,11 @@
+"""weightvault.catalog: the DuckDB index over a store.
+
+- ``connection``: the :class:`Catalog` (open, lock, quarantine a damaged file, sync).
+- ``migrations``: append-only numbered DDL from ``schemas/catalog``.
+- ``indexer``: manifests, refs and events -> rows; ``rebuild`` from the store alone.
+- ``queries``: the reads behind ``log``, ``show`` and ``du``.
+"""
+
+from weightvault.catalog.connection import Catalog
+
+__all__ = ["Catalog"]

@@ -1,0 +1,145 @@
+"""The Catalog: a DuckDB file inside the store, opened briefly and under a lock.
+
+DuckDB allows one read-write process or many read-only ones per file, never
+both. So every write is one short transaction under an exclusive
+``locks/catalog.lock`` (take lock, connect, write, CHECKPOINT, close), and
+reads hold the lock shared with a read-only connection. Parallel snapshots
+contend only for those milliseconds; chunk I/O never holds this lock.
+
+A catalog that cannot be opened (damaged file or WAL) is moved aside as
+``catalog.duckdb.corrupt-<time>`` and rebuilt from the store, with a warning:
+the store is the truth, the catalog only an index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+from weightvault.archive.locking import FileLock
+from weightvault.archive.store import Store
+from weightvault.catalog import indexer, migrations
+from weightvault.errors import CatalogError, LockBusyError
+
+log = logging.getLogger("weightvault")
+
+
+def _duckdb():
+    import duckdb
+
+    return duckdb
+
+
+class Catalog:
+    """The catalog of one store.
+
+    >>> # with Catalog(store).read() as con: con.sql("FROM version_storage").show()
+    """
+
+    def __init__(self, store: Store, *, lock_timeout: float | None = None):
+        self.store = store
+        self.path = store.catalog_path
+        self.lock = FileLock(store.root / "locks" / "catalog.lock", f"catalog {self.path}")
+        self.lock_timeout = lock_timeout
+
+    # -- low level -------------------------------------------------------------
+
+    def _connect(self, read_only: bool):
+        duckdb = _duckdb()
+        deadline = time.monotonic() + (self.lock_timeout if self.lock_timeout is not None else 60)
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as e:
+                # Another program (a duckdb shell) holds the file: wait, then name it.
+                if "lock" not in str(e).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockBusyError(f"catalog {self.path}", str(e).split("\n")[0]) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _quarantine(self, err: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", ".wal"):
+            p = self.path.with_name(self.path.name + suffix)
+            if p.exists():
+                p.rename(p.with_name(f"{p.name}.corrupt-{stamp}"))
+        log.warning("catalog %s could not be opened (%s); moved aside and rebuilding from the store",
+                    self.path, str(err).split("\n")[0])
+
+    def _open_rw(self):
+        duckdb = _duckdb()
+        try:
+            con = self._connect(read_only=False)
+        except duckdb.Error as e:
+            self._quarantine(e)
+            return self._connect(read_only=False)
+        try:
+            migrations.pending(con)  # touches the file: damage shows up here
+        except duckdb.Error as e:
+            con.close()
+            self._quarantine(e)
+            return self._connect(read_only=False)
+        return con
+
+    # -- public ----------------------------------------------------------------
+
+    @contextmanager
+    def write(self, *, op: str = "catalog write"):
+        """An exclusive read-write connection, migrated and synced; checkpointed on exit."""
+        with self.lock.held(shared=False, timeout=self.lock_timeout, op=op):
+            con = self._open_rw()
+            try:
+                migrations.migrate(con)
+                yield con
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+
+    def sync(self, chunk_info: dict | None = None) -> tuple[int, int, int]:
+        """Index what the store has and the catalog lacks; returns (added, dropped, events)."""
+        with self.write(op="catalog sync") as con:
+            return indexer.sync(con, self.store, chunk_info=chunk_info)
+
+    def _up_to_date(self) -> bool:
+        if not self.path.exists():
+            return False
+        duckdb = _duckdb()
+        try:
+            with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog check"):
+                con = self._connect(read_only=True)
+                try:
+                    if migrations.pending(con):
+                        return False
+                    add, drop, events = indexer.plan_sync(con, self.store)
+                    return not (add or drop or events)
+                finally:
+                    con.close()
+        except (duckdb.Error, CatalogError):
+            return False
+
+    @contextmanager
+    def read(self):
+        """A shared, read-only connection to a catalog in step with the store."""
+        if not self._up_to_date():
+            self.sync()
+        with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
+            con = self._connect(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def rebuild(self) -> tuple[int, int, int]:
+        """Recreate the catalog from the store alone (exclusive store lock)."""
+        with self.store.lock.held(shared=False, timeout=self.lock_timeout, op="catalog rebuild"):
+            with self.lock.held(shared=False, timeout=self.lock_timeout, op="catalog rebuild"):
+                for suffix in ("", ".wal"):
+                    p = self.path.with_name(self.path.name + suffix)
+                    if p.exists():
+                        os.unlink(p)
+            return self.sync()

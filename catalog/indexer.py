@@ -1,0 +1,154 @@
+"""Turn store records into catalog rows, and keep the catalog in step with the store.
+
+The store is the truth: refs say which versions exist, manifests what they
+hold, events what was added later. ``sync`` brings the catalog in line with
+the refs and events (indexing what is missing, dropping what is gone), so a
+catalog that missed a commit (a crash between ref and catalog write) or was
+deleted catches up on the next command.
+
+Extension points, for modules that add tables:
+- ``VERSION_INDEXERS``: fn(con, version_id, manifest), run for each indexed version.
+- ``VERSION_TABLES``: tables with a ``version_id`` column, cleared when a version goes.
+- ``EVENT_INDEXERS``: event type -> fn(con, event_id, event), run for each new event.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+
+from weightvault.archive.manifest import Manifest
+from weightvault.archive.store import Store
+from weightvault.errors import IntegrityError
+
+log = logging.getLogger("weightvault")
+
+VERSION_INDEXERS: list = []
+VERSION_TABLES: list[str] = ["file_chunks", "tensors", "files", "version_tags"]
+EVENT_INDEXERS: dict = {}
+# Modules that register indexers; imported once by load_plugins().
+PLUGINS: list[str] = []
+_loaded = False
+
+
+def load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for name in PLUGINS:
+        importlib.import_module(name)
+    _loaded = True
+
+
+def bulk_insert(con, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows in one statement (unnest of column lists; far faster than executemany)."""
+    if not rows:
+        return
+    cols = list(zip(*rows))
+    select = ", ".join(f"unnest(${i + 1})" for i in range(len(columns)))
+    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select}", [list(c) for c in cols])
+
+
+def index_chunks(con, store: Store, chunk_ids, known_info: dict | None = None) -> None:
+    """Add rows for chunks the catalog does not know yet."""
+    chunk_ids = set(chunk_ids)
+    if not chunk_ids:
+        return
+    have = {r[0] for r in con.execute(
+        "SELECT chunk_id FROM chunks WHERE chunk_id IN (SELECT unnest($1))", [list(chunk_ids)]).fetchall()}
+    rows = []
+    for cid in sorted(chunk_ids - have):
+        info = (known_info or {}).get(cid)
+        if info is not None:
+            raw_len, stored, codec, base = info
+        else:
+            try:
+                header, stored = store.chunk_header(cid)
+            except IntegrityError as e:  # missing or damaged: index what the manifest says; verify reports it
+                log.warning("indexing %s: %s", cid[:16], e)
+                continue
+            raw_len, codec, base = header.raw_len, header.codec, header.base
+        rows.append((cid, raw_len, stored, codec, base))
+    bulk_insert(con, "chunks", ["chunk_id", "raw_bytes", "stored_bytes", "codec", "base_id"], rows)
+
+
+def index_version(con, store: Store, version_id: str, m: Manifest, chunk_info: dict | None = None) -> None:
+    """Insert one version's rows (within the caller's transaction)."""
+    src = m.source or {}
+    con.execute("INSERT INTO models VALUES (?, ?) ON CONFLICT DO NOTHING", [m.model, m.created_at])
+    con.execute(
+        "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [version_id, m.model, m.version, m.parent, m.created_at, m.message, src.get("kind"),
+         src.get("uri") or src.get("path") or (f"hf:{src['repo']}" if src.get("repo") else None),
+         src.get("revision"), len(m.files), sum(len(f.tensors) for f in m.files),
+         m.metadata.get("n_parameters"), m.raw_bytes, json.dumps(m.metadata)],
+    )
+    bulk_insert(con, "version_tags", ["version_id", "tag"], [(version_id, t) for t in sorted(set(m.tags))])
+    bulk_insert(con, "files", ["version_id", "path", "size", "sha256", "format", "n_chunks"],
+                [(version_id, f.path, f.size, f.sha256, f.format, len(f.chunks)) for f in m.files])
+    fc, tens = [], []
+    for f in m.files:
+        off = 0
+        for seq, (cid, n) in enumerate(f.chunks):
+            fc.append((version_id, f.path, seq, cid, off, n))
+            off += n
+        for t in f.tensors:
+            n_el = 1
+            for d in t.shape:
+                n_el *= d
+            tens.append((version_id, f.path, t.name, t.dtype, list(t.shape), n_el, t.begin, t.end,
+                         [c for c, _ in f.tensor_chunks(t)]))
+    bulk_insert(con, "file_chunks", ["version_id", "path", "seq", "chunk_id", "file_offset", "raw_bytes"], fc)
+    bulk_insert(con, "tensors", ["version_id", "path", "name", "dtype", "shape", "n_elements", "byte_begin",
+                                 "byte_end", "chunk_ids"], tens)
+    index_chunks(con, store, m.chunk_ids(), chunk_info)
+    for fn in VERSION_INDEXERS:
+        fn(con, version_id, m)
+
+
+def drop_version(con, version_id: str) -> None:
+    for table in VERSION_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE version_id = ?", [version_id])
+    con.execute("DELETE FROM versions WHERE version_id = ?", [version_id])
+
+
+def index_event(con, event_id: str, event: dict) -> None:
+    con.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
+                [event_id, event["type"], event["at"], json.dumps(event["payload"])])
+    fn = EVENT_INDEXERS.get(event["type"])
+    if fn is not None:
+        fn(con, event_id, event)
+
+
+def plan_sync(con, store: Store):
+    """What differs between the store and the catalog: (to_add, to_drop, new_event_ids)."""
+    want = {(r.model, r.version): r.manifest_id for r in store.list_refs()}
+    have = {(m, v): vid for vid, m, v in con.execute("SELECT version_id, model, version FROM versions").fetchall()}
+    to_drop = [vid for key, vid in have.items() if want.get(key) != vid]
+    to_add = [(key, mid) for key, mid in want.items() if have.get(key) != mid]
+    known_events = {r[0] for r in con.execute("SELECT event_id FROM events").fetchall()}
+    new_events = [e for e in store.list_event_ids() if e not in known_events]
+    return to_add, to_drop, new_events
+
+
+def sync(con, store: Store, plan=None, chunk_info: dict | None = None) -> tuple[int, int, int]:
+    """Bring the catalog in line with the store; returns (added, dropped, events)."""
+    load_plugins()
+    to_add, to_drop, new_events = plan if plan is not None else plan_sync(con, store)
+    manifests = [(mid, store.get_manifest(mid)) for _, mid in to_add]
+    events = sorted(((eid, store.get_event(eid)) for eid in new_events), key=lambda e: (e[1]["at"], e[0]))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for vid in to_drop:
+            drop_version(con, vid)
+        # parents before children so lineage indexers can resolve them
+        for mid, m in sorted(manifests, key=lambda x: x[1].created_at):
+            index_version(con, store, mid, m, chunk_info)
+        for eid, ev in events:
+            index_event(con, eid, ev)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(manifests), len(to_drop), len(events)

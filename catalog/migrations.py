@@ -1,0 +1,53 @@
+"""Catalog migrations: numbered SQL files in ``schemas/catalog``, applied in order.
+
+Append-only: a released migration is never edited; a change is a new file.
+Each runs in its own transaction together with its row in
+``schema_migrations``. A catalog that records a migration this weightvault
+does not know was written by a newer release and is refused.
+"""
+
+from __future__ import annotations
+
+from weightvault import schemas
+from weightvault.errors import CatalogError
+
+BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    id          INTEGER PRIMARY KEY,
+    name        VARCHAR NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+)
+"""
+
+
+def applied(con) -> dict[int, str]:
+    con.execute(BOOKKEEPING)
+    return dict(con.execute("SELECT id, name FROM schema_migrations").fetchall())
+
+
+def pending(con) -> list[tuple[int, str, str]]:
+    done = applied(con)
+    known = schemas.catalog_migrations()
+    newest = max((n for n, _, _ in known), default=0)
+    if done and max(done) > newest:
+        raise CatalogError(
+            f"the catalog has migration {max(done)} but this weightvault knows up to {newest}",
+            hint="upgrade weightvault, or rebuild the catalog with `weightvault catalog rebuild`",
+        )
+    return [(n, name, sql) for n, name, sql in known if n not in done]
+
+
+def migrate(con) -> list[str]:
+    """Apply pending migrations; return the names applied."""
+    names = []
+    for n, name, sql in pending(con):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations (id, name) VALUES (?, ?)", [n, name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        names.append(name)
+    return names

@@ -1,0 +1,130 @@
+"""The ``weightvault`` command line.
+
+Known errors become one line on stderr (what went wrong, then what to try)
+and their own exit code; a traceback only with ``WEIGHTVAULT_DEBUG=1``.
+Every command has ``--help`` with an example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# Command groups; each module's register(sub, common) adds its subcommands.
+COMMAND_MODULES = [
+    "weightvault.commands.core",
+]
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_command(sub, name: str, *, help: str, example: str, parents=(), description: str | None = None):
+    """Add a subcommand whose --help ends with an example (tests check every command has one)."""
+    return sub.add_parser(
+        name, help=help, description=description or help, parents=list(parents),
+        epilog=f"example:\n  {example}", formatter_class=_Formatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from weightvault import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="weightvault",
+        description="Archive model weights as history: deduplicated, compressed, byte-exact snapshots "
+                    "with a DuckDB catalog of versions, lineage and provenance.",
+        epilog="example:\n  weightvault snapshot ./my-model --model my-model\n  weightvault log my-model\n"
+               "\nThe store is --store, else $WEIGHTVAULT_STORE, else ~/.local/share/weightvault/store.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--store", metavar="DIR", help="store folder (default: $WEIGHTVAULT_STORE or per-user)")
+    parser.add_argument("--lock-timeout", type=float, metavar="S", default=None,
+                        help="seconds to wait for a busy store or catalog (default 600)")
+    parser.add_argument("--version", action="version", version=f"weightvault {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def open_vault(args, *, create: bool = True):
+    from weightvault.vault import Vault
+
+    return Vault.open(args.store, create=create, lock_timeout=args.lock_timeout)
+
+
+class _WarningHandler(logging.Handler):
+    def emit(self, record):
+        from weightvault._ui import err_console
+
+        err_console().print(f"[yellow]warning:[/] {record.getMessage()}")
+
+
+def _report(err) -> int:
+    from weightvault._ui import err_console
+
+    line = f"[bold red]error:[/] {err}"
+    hint = getattr(err, "hint", "")
+    if hint:
+        line += f" [dim]→[/] {hint}"
+    err_console().print(line, soft_wrap=True, markup=True, highlight=False)
+    return getattr(err, "exit_code", 1)
+
+
+def main(argv=None) -> int:
+    from weightvault.errors import WeightvaultError
+
+    debug = os.environ.get("WEIGHTVAULT_DEBUG", "") not in ("", "0")
+    log = logging.getLogger("weightvault")
+    if not log.handlers:
+        log.addHandler(_WarningHandler())
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except WeightvaultError as e:
+        if debug:
+            raise
+        return _report(e)
+    except KeyboardInterrupt:
+        from weightvault._ui import err_console
+
+        err_console().print("[yellow]interrupted[/]: committed versions are intact; rerun to finish")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        if debug:
+            raise
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            from weightvault.errors import DiskFullError
+
+            return _report(DiskFullError(e.filename or "the store"))
+        from weightvault.errors import WeightvaultError as W
+
+        return _report(W(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "),
+                         hint="check the path and its permissions"))
+    except Exception as e:  # a bug: say so in one line, traceback on request
+        if debug:
+            raise
+        from weightvault.errors import WeightvaultError as W
+
+        return _report(W(f"internal error: {type(e).__name__}: {e}",
+                         hint="rerun with WEIGHTVAULT_DEBUG=1 for a traceback and report it"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

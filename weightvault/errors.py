@@ -1,0 +1,236 @@
+"""Every error weightvault raises on purpose.
+
+The library never prints or exits: it raises one of these, each carrying the
+data a caller needs (the path, tensor or chunk at fault) and a ``hint`` that
+names the next thing to try. The CLI turns them into one line and an exit code
+(``weightvault/cli.py``); a traceback appears only with ``WEIGHTVAULT_DEBUG=1``.
+
+Exit codes: 1 generic, 2 usage, 3 not found, 4 bad input, 5 integrity,
+6 store format, 7 busy (lock), 8 disk full, 9 missing optional extra.
+"""
+
+from __future__ import annotations
+
+
+class WeightvaultError(Exception):
+    """Base class. ``str(err)`` is a one-line message; ``err.hint`` the next step."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(self.message.split("\n"))
+
+
+class UsageError(WeightvaultError):
+    """The command line or API call itself is malformed."""
+
+    exit_code = 2
+
+
+# -- not found ---------------------------------------------------------------
+
+
+class NotFoundError(WeightvaultError):
+    exit_code = 3
+
+
+class StoreNotFoundError(NotFoundError):
+    default_hint = "create one with `weightvault --store DIR init`"
+
+    def __init__(self, path: str, **kw):
+        super().__init__(f"no weightvault store at {path}", **kw)
+        self.path = path
+
+
+class ModelNotFoundError(NotFoundError):
+    default_hint = "list models with `weightvault log`"
+
+    def __init__(self, model: str, **kw):
+        super().__init__(f"model {model!r} is not in the store", **kw)
+        self.model = model
+
+
+class VersionNotFoundError(NotFoundError):
+    def __init__(self, model: str, version: str, **kw):
+        kw.setdefault("hint", f"list its versions with `weightvault log {model}`")
+        super().__init__(f"version {model}@{version} is not in the store", **kw)
+        self.model = model
+        self.version = version
+
+
+class FileNotInVersionError(NotFoundError):
+    def __init__(self, ref: str, path: str, **kw):
+        kw.setdefault("hint", f"list its files with `weightvault show {ref}`")
+        super().__init__(f"{ref} has no file {path!r}", **kw)
+        self.ref = ref
+        self.path = path
+
+
+class TensorNotFoundError(NotFoundError):
+    def __init__(self, ref: str, tensor: str, **kw):
+        kw.setdefault("hint", f"list its tensors with `weightvault show {ref} --tensors`")
+        super().__init__(f"{ref} has no tensor {tensor!r}", **kw)
+        self.ref = ref
+        self.tensor = tensor
+
+
+# -- bad input ---------------------------------------------------------------
+
+
+class InvalidInputError(WeightvaultError):
+    """Input from the user or from a file they handed us is unusable."""
+
+    exit_code = 4
+
+
+class InvalidNameError(InvalidInputError):
+    pass
+
+
+class InvalidSafetensorsError(InvalidInputError):
+    """A .safetensors file breaks the format; nothing of it is stored."""
+
+    default_hint = "re-export the file with safetensors.save_file, or exclude it with --exclude"
+
+    def __init__(self, path: str, reason: str, *, tensor: str | None = None, **kw):
+        where = f"{path}: tensor {tensor!r}" if tensor else path
+        super().__init__(f"{where}: invalid safetensors: {reason}", **kw)
+        self.path = path
+        self.reason = reason
+        self.tensor = tensor
+
+
+class UnsafePathError(InvalidInputError):
+    """A file name would escape its folder (``..``, absolute, drive, ``.git``)."""
+
+    default_hint = "rename the file; weightvault only archives paths inside the model folder"
+
+    def __init__(self, path: str, reason: str, **kw):
+        super().__init__(f"unsafe file name {path!r}: {reason}", **kw)
+        self.path = path
+        self.reason = reason
+
+
+class PickleRefusedError(InvalidInputError):
+    def __init__(self, path: str, **kw):
+        kw.setdefault(
+            "hint",
+            "pass --convert-pickle to scan and convert it to safetensors, or --exclude it",
+        )
+        super().__init__(f"{path}: pickled checkpoint refused (unpickling runs code)", **kw)
+        self.path = path
+
+
+class RecordValidationError(InvalidInputError):
+    """A JSON/YAML record (dataset, card) fails its schema; names the field."""
+
+    def __init__(self, source: str, field: str, reason: str, **kw):
+        super().__init__(f"{source}: field {field!r}: {reason}", **kw)
+        self.source = source
+        self.field = field
+        self.reason = reason
+
+
+class AlreadyExistsError(InvalidInputError):
+    pass
+
+
+# -- integrity -----------------------------------------------------------------
+
+
+class IntegrityError(WeightvaultError):
+    """Stored data does not match its recorded hash. Never silently ignored."""
+
+    exit_code = 5
+    default_hint = "run `weightvault verify` to see everything affected"
+
+
+class ChunkCorruptError(IntegrityError):
+    def __init__(self, chunk_id: str, reason: str, **kw):
+        super().__init__(f"chunk {chunk_id}: {reason}", **kw)
+        self.chunk_id = chunk_id
+        self.reason = reason
+
+
+class ChunkMissingError(IntegrityError):
+    def __init__(self, chunk_id: str, **kw):
+        super().__init__(f"chunk {chunk_id} is missing from the store", **kw)
+        self.chunk_id = chunk_id
+
+
+class ManifestCorruptError(IntegrityError):
+    def __init__(self, manifest_id: str, reason: str, **kw):
+        super().__init__(f"manifest {manifest_id}: {reason}", **kw)
+        self.manifest_id = manifest_id
+
+
+class FileDigestMismatchError(IntegrityError):
+    def __init__(self, path: str, expected: str, actual: str, **kw):
+        super().__init__(
+            f"{path}: sha256 {actual[:16]}… does not match recorded {expected[:16]}…", **kw
+        )
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+# -- store format / environment ----------------------------------------------
+
+
+class StoreFormatError(WeightvaultError):
+    exit_code = 6
+
+
+class UnsupportedStoreVersionError(StoreFormatError):
+    default_hint = "upgrade weightvault (pip install -U weightvault) to open this store"
+
+    def __init__(self, path: str, found, supported, **kw):
+        super().__init__(
+            f"store {path} has format version {found!r}; this weightvault reads {supported}", **kw
+        )
+        self.path = path
+        self.found = found
+
+
+class LockBusyError(WeightvaultError):
+    exit_code = 7
+
+    def __init__(self, what: str, holder: str, **kw):
+        kw.setdefault("hint", "wait for it to finish, or retry with a longer --lock-timeout")
+        super().__init__(f"{what} is locked by {holder}", **kw)
+        self.what = what
+        self.holder = holder
+
+
+class DiskFullError(WeightvaultError):
+    exit_code = 8
+    default_hint = "free some space, then rerun; committed versions are intact"
+
+    def __init__(self, path: str, **kw):
+        super().__init__(f"no space left on device while writing {path} (ENOSPC)", **kw)
+        self.path = path
+
+
+class MissingExtraError(WeightvaultError):
+    exit_code = 9
+
+    def __init__(self, feature: str, extra: str, **kw):
+        kw.setdefault("hint", f"pip install 'weightvault[{extra}]'")
+        super().__init__(f"{feature} needs the optional extra [{extra}]", **kw)
+        self.feature = feature
+        self.extra = extra
+
+
+class CatalogError(WeightvaultError):
+    default_hint = "rebuild the catalog from the store with `weightvault catalog rebuild`"
+
+
+class QueryError(WeightvaultError):
+    exit_code = 4
+    default_hint = "list tables and views with `weightvault sql \"SHOW ALL TABLES\"`"

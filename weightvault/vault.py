@@ -1,0 +1,188 @@
+"""The Vault: a store plus its catalog, the one object the CLI and users drive.
+
+>>> from weightvault import Vault
+>>> # v = Vault.open("vault")            # created on first use
+>>> # v.snapshot("./bert", model="bert") # -> SnapshotResult
+>>> # v.sql("FROM version_storage")      # -> (columns, rows)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightvault.archive import ids
+from weightvault.archive.manifest import Manifest
+from weightvault.archive.store import Store, default_store_path
+from weightvault.catalog import Catalog
+from weightvault.errors import ModelNotFoundError, QueryError, VersionNotFoundError
+
+NUMPY_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "uint8", "F8_E5M2": "uint8", "F8_E8M0": "uint8", "C64": "complex64",
+}
+
+# ref resolvers for NAME@TAG; the provenance module adds tag lookup here:
+# fn(vault, model, label) -> manifest id or None
+REF_RESOLVERS: list = []
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A version reference resolved against the store.
+
+    Attributes:
+        model: model name.
+        version: version label.
+        manifest_id: its manifest ID.
+    """
+
+    model: str
+    version: str
+    manifest_id: str
+
+    def __str__(self) -> str:
+        return f"{self.model}@{self.version}"
+
+
+class Vault:
+    """A store and its catalog."""
+
+    def __init__(self, store: Store, *, lock_timeout: float | None = None):
+        self.store = store
+        self.catalog = Catalog(store, lock_timeout=lock_timeout)
+        self.lock_timeout = lock_timeout
+        self._manifests: dict[str, Manifest] = {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, create: bool = True, **kw) -> "Vault":
+        """Open the store at ``path`` (default: ``$WEIGHTVAULT_STORE`` or the per-user folder)."""
+        return cls(Store.open(path or default_store_path(), create=create), **kw)
+
+    @classmethod
+    def init(cls, path: str | os.PathLike | None = None, **kw) -> "Vault":
+        v = cls(Store.init(path or default_store_path()), **kw)
+        v.catalog.sync()
+        return v
+
+    # -- names ---------------------------------------------------------------
+
+    def resolve(self, ref) -> ResolvedVersion:
+        """Resolve ``NAME``, ``NAME@V`` or ``NAME@TAG`` to a committed version."""
+        r = ids.parse_ref(ref) if isinstance(ref, str) else ref
+        if r.version is None:
+            from weightvault.archive.snapshot import latest_ref
+
+            rec = latest_ref(self.store, r.model)
+            if rec is None:
+                raise ModelNotFoundError(r.model)
+            return ResolvedVersion(rec.model, rec.version, rec.manifest_id)
+        rec = self.store.get_ref(r.model, r.version)
+        if rec is not None:
+            return ResolvedVersion(rec.model, rec.version, rec.manifest_id)
+        for fn in REF_RESOLVERS:
+            mid = fn(self, r.model, r.version)
+            if mid:
+                m = self.manifest_by_id(mid)
+                return ResolvedVersion(m.model, m.version, mid)
+        if not self.store.list_refs(r.model):
+            raise ModelNotFoundError(r.model)
+        raise VersionNotFoundError(r.model, r.version)
+
+    def manifest_by_id(self, manifest_id: str) -> Manifest:
+        m = self._manifests.get(manifest_id)
+        if m is None:
+            m = self._manifests[manifest_id] = self.store.get_manifest(manifest_id)
+        return m
+
+    def manifest(self, ref) -> Manifest:
+        return self.manifest_by_id(self.resolve(ref).manifest_id)
+
+    # -- write ---------------------------------------------------------------
+
+    def snapshot(self, source, model: str, **kw):
+        """Archive a folder as a new version; see :func:`weightvault.archive.snapshot.snapshot`."""
+        from weightvault.archive.snapshot import snapshot
+
+        with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"snapshot {model}"):
+            result = snapshot(self.store, source, model, **kw)
+        self.catalog.sync(chunk_info=result.stats.new_chunk_info)
+        return result
+
+    # -- read ----------------------------------------------------------------
+
+    def restore(self, ref, dest, *, files=None, force=False, progress=None):
+        """Restore a version into ``dest``, every file checked against its sha256."""
+        from weightvault.archive.restore import restore
+
+        m = self.manifest(ref)
+        with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"restore {ref}"):
+            return restore(self.store, m, dest, files=files, force=force, progress=progress)
+
+    def read_file(self, ref, path: str) -> bytes:
+        """Return one file's bytes, verified against its sha256."""
+        import hashlib
+
+        from weightvault.archive.restore import iter_chunks
+        from weightvault.errors import FileDigestMismatchError, FileNotInVersionError
+
+        m = self.manifest(ref)
+        f = m.file(path)
+        if f is None:
+            raise FileNotInVersionError(str(ref), path)
+        data = b"".join(iter_chunks(self.store, f.chunks))
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != f.sha256:
+            raise FileDigestMismatchError(path, f.sha256, digest)
+        return data
+
+    def read_tensor(self, ref, name: str, *, file: str | None = None):
+        """Return one tensor as a numpy array without restoring anything else.
+
+        BF16 and FP8 tensors come back as their bit patterns (uint16 / uint8),
+        since numpy has no such dtypes; ``.view()`` them with ml_dtypes or torch.
+
+        >>> # v.read_tensor("minilm@1", "embeddings.word_embeddings.weight").shape
+        """
+        import numpy as np
+
+        from weightvault.archive.restore import read_tensor_bytes
+
+        t, raw = read_tensor_bytes(self.store, self.manifest(ref), name, file)
+        return np.frombuffer(raw, dtype=NUMPY_DTYPES.get(t.dtype, "uint8")).reshape(t.shape)
+
+    def verify(self, ref=None, *, subset: float | None = None, progress=None):
+        """Re-hash stored chunks of one version (or all); returns a VerifyReport."""
+        from weightvault.archive.verify import verify
+
+        if ref is not None:
+            r = self.resolve(ref)
+            manifests = {r.manifest_id: self.manifest_by_id(r.manifest_id)}
+        else:
+            manifests = {r.manifest_id: self.manifest_by_id(r.manifest_id) for r in self.store.list_refs()}
+        with self.store.lock.held(shared=True, timeout=self.lock_timeout, op="verify"):
+            return verify(self.store, manifests, subset=subset, progress=progress)
+
+    def sql(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
+        """Run SQL on the catalog (read-only); returns (column names, rows)."""
+        import duckdb
+
+        with self.catalog.read() as con:
+            try:
+                cur = con.execute(query, params or [])
+            except duckdb.Error as e:
+                raise QueryError(f"SQL error: {str(e).splitlines()[0]}") from None
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchall()
+
+    def store_bytes(self) -> int:
+        """Bytes all chunk, manifest and event objects take on disk."""
+        return sum(i.size for prefix in ("chunks/", "manifests/", "events/") for i in self.store.backend.list(prefix))
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
