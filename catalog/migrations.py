@@ -15,7 +15,7 @@ BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     id          INTEGER PRIMARY KEY,
     name        VARCHAR NOT NULL,
-    applied_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+    applied_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
 )
 """
 

@@ -1,10 +1,11 @@
 -- 0001_core: models, versions, files, tensors, chunks and the views users ask first.
 -- The catalog is an index over the store's manifests, refs and events: every
 -- row here can be rebuilt with `weightvault catalog rebuild`.
+-- All timestamps are UTC, stored as TIMESTAMP (TIMESTAMPTZ would need pytz to fetch into Python).
 
 CREATE TABLE models (
     model       VARCHAR PRIMARY KEY,   -- model name, e.g. 'minilm' or 'org/name'
-    created_at  TIMESTAMPTZ NOT NULL   -- when its first version was snapshotted
+    created_at  TIMESTAMP NOT NULL   -- when its first version was snapshotted
 );
 
 CREATE TABLE versions (
@@ -12,7 +13,7 @@ CREATE TABLE versions (
     model           VARCHAR NOT NULL,
     version         VARCHAR NOT NULL,     -- label, unique per model ('1', 'v2.1', ...)
     parent_id       VARCHAR,              -- manifest ID of the parent version
-    created_at      TIMESTAMPTZ NOT NULL,
+    created_at      TIMESTAMP NOT NULL,
     message         VARCHAR,
     source_kind     VARCHAR,              -- 'local' or 'hf'
     source_uri      VARCHAR,              -- folder path or hf:org/name
@@ -75,7 +76,7 @@ CREATE TABLE file_chunks (
 CREATE TABLE events (
     event_id    VARCHAR PRIMARY KEY,      -- BLAKE3 of the event record
     type        VARCHAR NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL,
+    created_at  TIMESTAMP NOT NULL,
     payload     JSON NOT NULL
 );
 
