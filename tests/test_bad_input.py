@@ -1,0 +1,172 @@
+"""Bad input gets a typed error, a one-line message, a non-zero exit and nothing in the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import store_snapshot_state, toy_tensors, write_model
+from weightvault.archive import paths
+from weightvault.archive.safetensors_header import parse_header_bytes
+from weightvault.errors import (
+    InvalidNameError,
+    InvalidSafetensorsError,
+    ModelNotFoundError,
+    UnsafePathError,
+    UnsupportedStoreVersionError,
+    VersionNotFoundError,
+)
+
+
+def raw_safetensors(header: dict, data: bytes, *, pad: bool = True) -> bytes:
+    text = json.dumps(header).encode()
+    if pad:
+        text += b" " * (-(len(text) + 8) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def good_file() -> bytes:
+    return raw_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                            "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, bytes(16))
+
+
+BAD_FILES = {
+    "truncated": lambda: good_file()[:-3],
+    "header length past end of file": lambda: struct.pack("<Q", 10_000) + b"{}",
+    "shorter than 8 bytes": lambda: b"\x01\x02",
+    "overlapping offsets": lambda: raw_safetensors(
+        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),
+    "shape x dtype != byte length": lambda: raw_safetensors(
+        {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),
+    "trailing bytes": lambda: good_file() + b"extra",
+    "gap between tensors": lambda: raw_safetensors(
+        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+         "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}, bytes(20)),
+    "not json": lambda: struct.pack("<Q", 8) + b"{not js}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_safetensors_is_refused_and_nothing_is_written(case, vault, tmp_path, cli, store_dir):
+    good = write_model(tmp_path / "good", toy_tensors())
+    vault.snapshot(good, "ok")
+    before = store_snapshot_state(store_dir)
+    folder = write_model(tmp_path / "bad", toy_tensors(seed=9))  # valid files that would be new chunks
+    (folder / "zz-broken.safetensors").write_bytes(BAD_FILES[case]())
+    r = cli("snapshot", folder, "--model", "bad")
+    assert r.rc == 4, r
+    assert "zz-broken.safetensors" in r.err and "invalid safetensors" in r.err
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    assert store_snapshot_state(store_dir) == before
+    _, rows = vault.sql("SELECT model FROM versions")
+    assert rows == [("ok",)]
+
+
+def test_error_names_the_tensor(tmp_path):
+    data = raw_safetensors({"layer.7.weight": {"dtype": "BF16", "shape": [5], "data_offsets": [0, 8]}}, bytes(8))
+    with pytest.raises(InvalidSafetensorsError) as e:
+        parse_header_bytes(data, len(data), "m.safetensors")
+    assert e.value.tensor == "layer.7.weight" and "layer.7.weight" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/../../b", "C:\\x", "a\\b", ".git/config",
+                                  "a/.GIT/x", "", "a//b", "./a", "a\x00b", "line\nbreak"])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(UnsafePathError):
+        paths.check_relative(name)
+
+
+def test_snapshot_refuses_a_name_with_a_backslash(vault, tmp_path, cli, store_dir):
+    folder = write_model(tmp_path / "m", toy_tensors())
+    (folder / "..\\evil.json").write_text("{}")
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", folder, "--model", "m")
+    assert r.rc == 4 and "unsafe file name" in r.err
+    assert store_snapshot_state(store_dir) == before
+
+
+def test_restore_refuses_a_manifest_path_that_escapes(vault, toy_model, tmp_path):
+    """A crafted manifest naming ../x cannot write outside the target folder."""
+    from weightvault.archive.restore import restore
+
+    vault.snapshot(toy_model, "toy")
+    m = vault.manifest("toy@1")
+    f = m.file("config.json")
+    evil = dataclasses.replace(m, files=(dataclasses.replace(f, path="../escaped.json"),))
+    with pytest.raises(UnsafePathError):
+        restore(vault.store, evil, tmp_path / "out")
+    assert not (tmp_path / "escaped.json").exists()
+
+
+def test_restore_does_not_follow_a_symlinked_folder(vault, tmp_path):
+    folder = write_model(tmp_path / "m", toy_tensors(), files={"sub/x.txt": "x"})
+    vault.snapshot(folder, "m")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError):
+        vault.restore("m@1", out)
+    assert not (tmp_path / "elsewhere" / "x.txt").exists()
+
+
+def test_unknown_store_format_is_refused(tmp_path, cli):
+    from weightvault.vault import Vault
+
+    v = Vault.init(tmp_path / "s")
+    cfg = json.loads((v.root / "config.json").read_text())
+    cfg["format"] = 99
+    (v.root / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedStoreVersionError):
+        Vault.open(tmp_path / "s")
+    r = cli("log", store=tmp_path / "s")
+    assert r.rc == 6 and "format version 99" in r.err
+
+
+def test_missing_model_and_version(vault, toy_model, cli, tmp_path):
+    vault.snapshot(toy_model, "toy")
+    with pytest.raises(ModelNotFoundError):
+        vault.resolve("nope@1")
+    with pytest.raises(VersionNotFoundError):
+        vault.resolve("toy@7")
+    r = cli("restore", "toy@7", tmp_path / "o")
+    assert r.rc == 3 and "toy@7" in r.err and "weightvault log toy" in r.err
+    assert not (tmp_path / "o").exists()
+    r = cli("show", "ghost")
+    assert r.rc == 3 and "ghost" in r.err
+
+
+@pytest.mark.parametrize("ref", ["", "a@", "@1", "a b@1", "a@1@2", "../x@1", "a@..", "x/y/z"])
+def test_malformed_refs(ref, vault):
+    with pytest.raises((InvalidNameError, ModelNotFoundError)):
+        vault.resolve(ref)
+
+
+def test_pickle_checkpoint_is_refused_with_a_pointer(vault, tmp_path, cli, store_dir):
+    folder = write_model(tmp_path / "m", toy_tensors())
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04" + bytes(100))
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", folder, "--model", "m")
+    assert r.rc == 4 and "pytorch_model.bin" in r.err and "--convert-pickle" in r.err
+    assert store_snapshot_state(store_dir) == before
+    r = cli("snapshot", folder, "--model", "m", "--exclude", "*.bin")
+    assert r.rc == 0, r
+
+
+def test_not_a_folder(vault, cli, tmp_path):
+    r = cli("snapshot", tmp_path / "missing", "--model", "m")
+    assert r.rc == 4 and "not a folder" in r.err
+
+
+def test_zero_size_tensor_and_empty_file_round_trip(vault, tmp_path):
+    folder = write_model(tmp_path / "m", {"empty": np.zeros((0, 4), np.float32), "x": np.ones(3, np.float32)},
+                         files={"empty.txt": ""})
+    vault.snapshot(folder, "m")
+    vault.restore("m@1", tmp_path / "o")
+    assert (tmp_path / "o" / "empty.txt").read_bytes() == b""
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
