@@ -101,8 +101,9 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(store_dir):
+def cli(store_dir, monkeypatch):
     """Run the real CLI in-process: cli("log", "--json") -> CliResult (store = store_dir)."""
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that tables never wrap headers
     from weightvault import _ui
     from weightvault.cli import main
 

@@ -1,0 +1,137 @@
+"""The CLI end to end: real subprocesses for start-up and the default store, in-process for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import toy_tensors, tree_files, write_model
+
+
+def run(*args, env=None, cwd=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "weightvault", *map(str, args)], capture_output=True,
+                          text=True, env=e, cwd=cwd, timeout=300)
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys; from weightvault.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('duckdb', 'numpy', 'torch', 'transformers', 'zstandard', 'rich') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_default_store_is_created_on_first_use(tmp_path, toy_model):
+    env = {"WEIGHTVAULT_STORE": str(tmp_path / "default"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    r = run("snapshot", toy_model, "--model", "toy", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == "1"
+    assert (tmp_path / "default" / "config.json").exists()
+    env.pop("WEIGHTVAULT_STORE")
+    e = {k: v for k, v in os.environ.items() if k != "WEIGHTVAULT_STORE"}
+    e["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    r = subprocess.run([sys.executable, "-m", "weightvault", "log", "--json"], capture_output=True, text=True, env=e)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+    assert (tmp_path / "xdg" / "weightvault" / "store" / "config.json").exists()
+
+
+def test_a_full_session(cli, tmp_path):
+    assert cli("init").rc == 0
+    v1 = write_model(tmp_path / "v1", toy_tensors(seed=5), files={"README.md": "# toy"})
+    r = cli("snapshot", v1, "--model", "toy", "--tag", "base", "-m", "first", "--json")
+    assert r.rc == 0, r
+    s1 = r.json()
+    assert s1["version"] == "1" and s1["new_chunks"] == s1["chunks"] and s1["dedup_bytes"] == 0
+    t = toy_tensors(seed=5)
+    t["encoder.layer.1.bias"] = t["encoder.layer.1.bias"] + 2
+    v2 = write_model(tmp_path / "v2", t, files={"README.md": "# toy"})
+    s2 = cli("snapshot", v2, "--model", "toy", "-m", "second", "--json").json()
+    assert s2["new_chunks"] == 1 and s2["parent"] == s1["manifest_id"]
+    human = cli("snapshot", v2, "--model", "toy")
+    assert "deduplicated" in human.out and "new:" in human.out
+
+    log = cli("log", "toy", "--json").json()
+    assert [(v["version"], v["message"], v["tags"]) for v in log] == [("1", "first", "base"), ("2", "second", None),
+                                                                      ("3", "", None)]
+    assert [m["model"] for m in cli("log", "--json").json()] == ["toy"]
+    show = cli("show", "toy@2", "--tensors", "--json").json()
+    assert show["version"] == "2" and {f["path"] for f in show["files"]} == {"model.safetensors", "config.json", "README.md"}
+    assert len(show["tensors"]) == len(t)
+    assert "model.safetensors" in cli("show", "toy").out
+
+    du = cli("du", "--json").json()
+    assert du["total"]["raw_bytes"] > du["total"]["stored_bytes"] > 0
+    assert du["total"]["dedup_saved_bytes"] > 0
+    assert "saved by dedup" in cli("du").out
+
+    assert cli("restore", "toy@1", tmp_path / "r1", "--json").json()["verified"] is True
+    assert tree_files(tmp_path / "r1") == tree_files(v1)
+    ver = cli("verify", "--json").json()
+    assert ver["ok"] and ver["chunks_checked"] == ver["chunks_total"] > 0
+    assert "all chunks intact" in cli("verify", "toy@1").out
+
+
+def test_verify_names_what_a_damaged_chunk_affects(cli, vault, tmp_path):
+    v = write_model(tmp_path / "m", toy_tensors())
+    res = vault.snapshot(v, "toy")
+    vault.snapshot(v, "toy")  # a second version shares every chunk
+    f = res.manifest.file("model.safetensors")
+    t = next(t for t in f.tensors if t.name == "encoder.layer.2.weight")
+    cid = f.tensor_chunks(t)[0][0]
+    p = vault.store.root / vault.store.chunk_key(cid)
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF  # flip one payload byte
+    p.write_bytes(bytes(data))
+    r = cli("verify", "--json")
+    assert r.rc == 5
+    rep = r.json()
+    assert not rep["ok"] and [d["chunk_id"] for d in rep["damaged"]] == [cid]
+    uses = {(u["version"], u["file"], u["tensor"]) for u in rep["damaged"][0]["uses"]}
+    assert uses == {("toy@1", "model.safetensors", "encoder.layer.2.weight"),
+                    ("toy@2", "model.safetensors", "encoder.layer.2.weight")}
+    p.unlink()
+    rep = cli("verify", "toy@1", "--json").json()
+    assert rep["damaged"][0]["chunk_id"] == cid and "missing" in rep["damaged"][0]["reason"]
+
+
+def test_verify_subset_checks_fewer_chunks(cli, vault, tmp_path):
+    vault.snapshot(write_model(tmp_path / "m", toy_tensors()), "toy")
+    rep = cli("verify", "--subset", "30", "--json").json()
+    assert 0 < rep["chunks_checked"] < rep["chunks_total"]
+
+
+def test_unexpected_errors_are_one_line_without_debug(cli, tmp_path):
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "config.json").write_text("[1, 2")
+    r = cli("log", store=tmp_path / "notastore")
+    assert r.rc == 6 and "Traceback" not in r.err and "not a weightvault store config" in r.err
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    r = run("--store", tmp_path / "none", "restore", "x@1", tmp_path / "o", env={"WEIGHTVAULT_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_restore_from_a_store_that_does_not_exist(tmp_path):
+    r = run("--store", tmp_path / "none", "restore", "x@1", tmp_path / "o")
+    assert r.returncode == 3 and "no weightvault store" in r.stderr and "init" in r.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_real_model(tmp_path, minilm_dir):
+    r = run("--store", tmp_path / "demo", "demo", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["restore"]["bit_exact"] is True
+    first, second = rep["snapshots"]
+    assert second["new_raw_bytes"] < first["raw_bytes"] / 4  # only layers 4-5 changed
+    assert rep["du"]["total"]["stored_bytes"] < rep["du"]["total"]["raw_bytes"]
+    assert [row["version"] for row in rep["query"]["rows"]] == ["1", "2"]
