@@ -1,0 +1,283 @@
+"""Behaviour diff: run two versions on the same prompts and measure how their outputs differ.
+
+Both versions are reloaded with :func:`weightvault.teacher.load_teacher`.
+
+- Causal LMs: each prompt is run once through each model (teacher forcing);
+  at every position the next-token distributions are compared over the full
+  vocabulary: KL(A||B), whether the top-1 tokens agree, and each model's
+  perplexity on the prompt. Then both generate greedily (a few tokens) and
+  the texts are put side by side where they differ. When both versions have
+  distillation runs on the same prompt file with stored top-k, the KL over
+  those stored top-k is reported as well (``stored_topk``, see
+  :mod:`weightvault.diff_topk`).
+- Encoders: the pooled sentence embedding (the folder's pooling, mean by
+  default) of each input, compared by cosine.
+
+Two byte-identical versions need only one model: B is A, so KL is exactly 0.
+
+>>> # b = diff_behaviour(vault, "gpt@1", "gpt@2", "prompts.jsonl")
+>>> # b.summary["kl_mean"], b.summary["top1_agreement"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.errors import InvalidInputError, UsageError
+
+DEFAULT_MAX_NEW_TOKENS = 16
+WORST = 5
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts read from a JSONL file.
+
+    Attributes:
+        path: the file.
+        sha256: hex sha256 of its bytes (names the prompt set).
+        prompts: the prompt texts, in file order.
+    """
+
+    path: str
+    sha256: str
+    prompts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BehaviourDiff:
+    """How two versions' outputs differ on a prompt set.
+
+    Attributes:
+        kind: ``causal`` or ``encoder``.
+        prompts: the prompt set.
+        summary: aggregate figures (causal: kl_mean, kl_max, top1_agreement,
+            perplexity_a, perplexity_b, positions, generations_differ;
+            encoder: cosine_mean, cosine_min).
+        per_prompt: one dict per prompt (index, prompt and its figures).
+        worst: indices of the worst prompts, worst first.
+        identical_versions: the versions are byte-identical (one model was loaded).
+        stored_topk: KL over distillation runs' stored top-k, when both had one.
+        settings: device, dtype, max_new_tokens.
+    """
+
+    kind: str
+    prompts: PromptSet
+    summary: dict
+    per_prompt: tuple[dict, ...]
+    worst: tuple[int, ...]
+    identical_versions: bool = False
+    stored_topk: dict | None = None
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "prompt_file": self.prompts.path, "prompt_sha256": self.prompts.sha256,
+                "prompts": len(self.prompts.prompts), "identical_versions": self.identical_versions,
+                "settings": self.settings, "summary": self.summary, "worst": list(self.worst),
+                "stored_topk": self.stored_topk, "per_prompt": list(self.per_prompt)}
+
+
+def load_prompts(path) -> PromptSet:
+    """Read a JSONL prompt file: one object per line with ``prompt`` (or ``text``), or a JSON string.
+
+    Raises:
+        InvalidInputError: naming the file and line of the first bad line.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"{p}: cannot read the prompt file ({e.strerror or e})",
+                                hint="pass a JSONL file with one {\"prompt\": ...} per line") from None
+    prompts = []
+    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"{p}:{i}: not valid JSON ({e.msg})",
+                                    hint='each line must be like {"prompt": "..."}') from None
+        text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else obj
+        if not isinstance(text, str) or not text:
+            raise InvalidInputError(f"{p}:{i}: no non-empty \"prompt\" string",
+                                    hint='each line must be like {"prompt": "..."}')
+        prompts.append(text)
+    if not prompts:
+        raise InvalidInputError(f"{p}: no prompts", hint='add lines like {"prompt": "..."}')
+    return PromptSet(str(p), hashlib.sha256(data).hexdigest(), tuple(prompts))
+
+
+def _finite(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# -- causal LMs ----------------------------------------------------------------
+
+
+def compare_causal_prompt(torch, model_a, model_b, ids) -> dict:
+    """Teacher-forced comparison of one tokenised prompt (1 x L ids on the models' device).
+
+    Returns:
+        dict with kl (per position, list), top1 (per position, list of bool),
+        nll_a, nll_b (summed next-token NLL of the prompt) and n_pred (tokens predicted).
+    """
+    with torch.no_grad():
+        la = model_a(input_ids=ids).logits[0].double()
+        lb = la if model_b is model_a else model_b(input_ids=ids).logits[0].double()
+    if la.shape[-1] != lb.shape[-1]:
+        raise UsageError(f"the versions' vocabularies differ ({la.shape[-1]} vs {lb.shape[-1]} logits)",
+                         hint="a behaviour diff of causal LMs needs one shared vocabulary")
+    lpa, lpb = la.log_softmax(-1), lb.log_softmax(-1)
+    kl = (lpa.exp() * (lpa - lpb)).sum(-1).clamp_min(0.0)  # rounding can dip a hair below 0
+    top1 = la.argmax(-1) == lb.argmax(-1)
+    target = ids[0, 1:, None]
+    nll_a = float(-lpa[:-1].gather(1, target).sum()) if ids.shape[1] > 1 else 0.0
+    nll_b = float(-lpb[:-1].gather(1, target).sum()) if ids.shape[1] > 1 else 0.0
+    return {"kl": kl.tolist(), "top1": top1.tolist(), "nll_a": nll_a, "nll_b": nll_b, "n_pred": ids.shape[1] - 1}
+
+
+def _generate(torch, model, tok, ids, max_new_tokens: int) -> str:
+    if max_new_tokens <= 0:
+        return ""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=1, pad_token_id=pad if pad is not None else 0)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _tokenize(torch, tok_a, tok_b, text: str, index: int, device):
+    ids = tok_a(text, return_tensors="pt")["input_ids"]
+    if tok_b is not tok_a and tok_b(text, return_tensors="pt")["input_ids"].tolist() != ids.tolist():
+        raise UsageError(f"prompt {index}: the versions' tokenizers split it differently",
+                         hint="a behaviour diff of causal LMs needs one shared tokenizer")
+    if ids.shape[1] == 0:
+        raise InvalidInputError(f"prompt {index}: tokenizes to no tokens", hint="remove or fill that line")
+    return ids.to(device)
+
+
+def diff_causal(torch, ta, tb, prompts: PromptSet, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                progress=None) -> tuple[dict, tuple[dict, ...], tuple[int, ...]]:
+    """Compare two loaded causal-LM teachers on every prompt: (summary, per_prompt, worst)."""
+    rows, all_kl, all_top1 = [], [], []
+    nll_a = nll_b = 0.0
+    n_pred = 0
+    for i, text in enumerate(prompts.prompts):
+        ids = _tokenize(torch, ta.tokenizer, tb.tokenizer, text, i, ta.model.device)
+        c = compare_causal_prompt(torch, ta.model, tb.model, ids)
+        gen_a = _generate(torch, ta.model, ta.tokenizer, ids, max_new_tokens)
+        gen_b = gen_a if tb.model is ta.model else _generate(torch, tb.model, tb.tokenizer, ids, max_new_tokens)
+        all_kl += c["kl"]
+        all_top1 += c["top1"]
+        nll_a, nll_b, n_pred = nll_a + c["nll_a"], nll_b + c["nll_b"], n_pred + c["n_pred"]
+        rows.append({
+            "index": i, "prompt": text, "tokens": int(ids.shape[1]),
+            "kl_mean": sum(c["kl"]) / len(c["kl"]), "kl_max": max(c["kl"]),
+            "top1_agreement": sum(c["top1"]) / len(c["top1"]),
+            "perplexity_a": _finite(math.exp(c["nll_a"] / c["n_pred"])) if c["n_pred"] else None,
+            "perplexity_b": _finite(math.exp(c["nll_b"] / c["n_pred"])) if c["n_pred"] else None,
+            "kl_per_position": c["kl"], "text_a": gen_a, "text_b": gen_b, "same_text": gen_a == gen_b})
+        if progress:
+            progress(1)
+    summary = {
+        "kl_mean": sum(all_kl) / len(all_kl), "kl_max": max(all_kl),
+        "top1_agreement": sum(all_top1) / len(all_top1), "positions": len(all_kl),
+        "perplexity_a": _finite(math.exp(nll_a / n_pred)) if n_pred else None,
+        "perplexity_b": _finite(math.exp(nll_b / n_pred)) if n_pred else None,
+        "generations_differ": sum(not r["same_text"] for r in rows)}
+    worst = tuple(r["index"] for r in sorted(rows, key=lambda r: (-r["kl_mean"], r["top1_agreement"]))[:WORST])
+    return summary, tuple(rows), worst
+
+
+# -- encoders ------------------------------------------------------------------
+
+
+def embed(torch, teacher, text: str):
+    """The pooled sentence embedding of one input (float64, on the CPU)."""
+    tok, model = teacher.tokenizer, teacher.model
+    enc = tok(text, return_tensors="pt", truncation=True).to(model.device)
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    hidden = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.hidden_states[-1]
+    hidden = hidden[0].double()
+    mask = enc["attention_mask"][0].to(hidden.dtype)[:, None]
+    mode = (teacher.pooling or {}).get("mode", "mean")
+    if mode == "cls":
+        v = hidden[0]
+    elif mode == "max":
+        v = hidden.masked_fill(mask == 0, -math.inf).max(0).values
+    else:
+        v = (hidden * mask).sum(0) / mask.sum().clamp_min(1.0)
+    return v.cpu()
+
+
+def diff_encoder(torch, ta, tb, prompts: PromptSet, progress=None):
+    """Cosine of the two versions' pooled embeddings per input: (summary, per_prompt, worst)."""
+    rows = []
+    for i, text in enumerate(prompts.prompts):
+        ea = embed(torch, ta, text)
+        eb = ea if tb.model is ta.model else embed(torch, tb, text)
+        if ea.shape != eb.shape:
+            raise UsageError(f"embedding sizes differ ({ea.shape[0]} vs {eb.shape[0]})",
+                             hint="compare versions of one architecture")
+        cos = float(torch.nn.functional.cosine_similarity(ea[None], eb[None])[0])
+        rows.append({"index": i, "prompt": text, "cosine": cos})
+        if progress:
+            progress(1)
+    cs = [r["cosine"] for r in rows]
+    summary = {"cosine_mean": sum(cs) / len(cs), "cosine_min": min(cs)}
+    worst = tuple(r["index"] for r in sorted(rows, key=lambda r: r["cosine"])[:WORST])
+    return summary, tuple(rows), worst
+
+
+# -- both ----------------------------------------------------------------------
+
+
+def diff_behaviour(vault, a, b, prompts, *, identical: bool = False, device: str = "auto", dtype=None,
+                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, progress=None) -> BehaviourDiff:
+    """Load both versions and compare their outputs on a prompt file.
+
+    Args:
+        vault: the Vault.
+        a, b: version references.
+        prompts: a JSONL path or a loaded :class:`PromptSet`.
+        identical: the versions are byte-identical (B is not loaded again).
+        device, dtype: passed to ``load_teacher``.
+        max_new_tokens: greedy generation length for the side-by-side texts.
+        progress: callable(n_prompts) or None.
+    Returns:
+        BehaviourDiff.
+    """
+    from weightvault.teacher import CAUSAL, ENCODER, MASKED, load_teacher, require_torch
+
+    torch, _ = require_torch("behaviour diff")
+    ps = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts)
+    ta = load_teacher(a, device=device, dtype=dtype, vault=vault)
+    tb = ta if identical else load_teacher(b, device=device, dtype=dtype, vault=vault)
+    for t in (ta, tb):
+        if t.tokenizer is None:
+            raise UsageError(f"{t.ref} has no tokenizer files", hint="a behaviour diff needs a tokenizer")
+    if (ta.kind == CAUSAL) != (tb.kind == CAUSAL):
+        raise UsageError(f"{ta.ref} is a {ta.kind} model and {tb.ref} a {tb.kind} one",
+                         hint="compare the behaviour of versions of one kind")
+    settings = {"device": ta.device, "dtype": ta.dtype}
+    if ta.kind == CAUSAL:
+        settings["max_new_tokens"] = max_new_tokens
+        settings["greedy"] = True
+        summary, rows, worst = diff_causal(torch, ta, tb, ps, max_new_tokens=max_new_tokens, progress=progress)
+        kind = "causal"
+        from weightvault.diff_topk import stored_topk_kl
+
+        stored = stored_topk_kl(vault, ta.manifest_id, tb.manifest_id, ps.sha256)
+    elif ta.kind in (ENCODER, MASKED):
+        summary, rows, worst = diff_encoder(torch, ta, tb, ps, progress=progress)
+        kind, stored = "encoder", None
+    else:
+        raise UsageError(f"{ta.ref} is neither a causal LM nor an encoder ({ta.kind})",
+                         hint="behaviour diff supports causal LMs and encoders; diff the weights alone")
+    return BehaviourDiff(kind, ps, summary, rows, worst, identical, stored, settings)
