@@ -72,6 +72,14 @@ class FileNotInVersionError(NotFoundError):
         self.path = path
 
 
+class DistillRunNotFoundError(NotFoundError):
+    default_hint = 'list runs with `weightvault sql "FROM distill_runs"`'
+
+    def __init__(self, run_id: str, **kw):
+        super().__init__(f"distillation run {run_id!r} is not in the store", **kw)
+        self.run_id = run_id
+
+
 class TensorNotFoundError(NotFoundError):
     def __init__(self, ref: str, tensor: str, **kw):
         kw.setdefault("hint", f"list its tensors with `weightvault show {ref} --tensors`")
@@ -139,6 +147,29 @@ class RecordValidationError(InvalidInputError):
 
 class AlreadyExistsError(InvalidInputError):
     pass
+
+
+class NotATransformersModelError(InvalidInputError):
+    """A version cannot be rebuilt as a transformers model (no config.json, unknown architecture)."""
+
+    default_hint = "load_teacher needs config.json with a model_type transformers knows; use `weightvault restore` instead"
+
+    def __init__(self, ref: str, reason: str, **kw):
+        super().__init__(f"{ref} is not a transformers model: {reason}", **kw)
+        self.ref = ref
+        self.reason = reason
+
+
+class PromptFileError(InvalidInputError):
+    """A prompt file line is not a JSON object with a string "prompt" or "text"; nothing is recorded."""
+
+    default_hint = 'each line must be a JSON object like {"prompt": "..."} or {"text": "..."}'
+
+    def __init__(self, path: str, line: int, reason: str, **kw):
+        super().__init__(f"{path}:{line}: {reason}", **kw)
+        self.path = path
+        self.line = line
+        self.reason = reason
 
 
 # -- integrity -----------------------------------------------------------------

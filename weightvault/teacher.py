@@ -1,0 +1,405 @@
+"""Teacher: an archived version brought back as a live transformers model.
+
+The config and tokenizer files are read from the store (sha256-verified) into
+a temporary folder that AutoConfig/AutoTokenizer can read; the weights never
+touch the disk. The model is built with its parameters on the meta device (no
+memory, no random init), then every stored tensor is decoded chunk by chunk
+into a buffer of its own size, converted to the target dtype and installed as
+the parameter. Peak memory is therefore the model itself plus one tensor.
+
+>>> # from weightvault import load_teacher
+>>> # model, tokenizer = load_teacher("gpt2@1")          # a Teacher unpacks to these two
+>>> # teacher = load_teacher("minilm@1", device="cpu")    # or keep it: teacher.kind == "encoder"
+
+Needs the optional extra ``weightvault[teacher]`` (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.archive import paths
+from weightvault.errors import MissingExtraError, NotATransformersModelError
+
+log = logging.getLogger("weightvault")
+
+# Small non-weight files a model folder needs to be rebuilt (config, tokenizer, generation and
+# sentence-transformers module configs). Weights and other big blobs are never written out.
+AUX_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".vocab")
+AUX_MAX_BYTES = 256 << 20
+
+TORCH_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+CAUSAL, MASKED, ENCODER, OTHER = "causal-lm", "masked-lm", "encoder", "other"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A reloaded version. Unpacks like a tuple: ``model, tokenizer = load_teacher(...)``.
+
+    Attributes:
+        model: the transformers model, in eval mode, parameters frozen.
+        tokenizer: its tokenizer, or None when the version has no tokenizer files.
+        ref: ``NAME@V`` it was loaded from.
+        manifest_id: the version's manifest ID (the teacher's exact identity).
+        kind: ``causal-lm``, ``masked-lm``, ``encoder`` (AutoModel, sentence embeddings) or ``other``.
+        device: the torch device it lives on, e.g. ``cpu`` or ``cuda:0``.
+        dtype: the floating dtype of its parameters, e.g. ``float32``.
+        pooling: for encoders, the sentence-transformers pooling: ``{"mode": "mean"|"cls"|"max",
+            "normalize": bool}`` (mean, unnormalised when the folder says nothing).
+    """
+
+    model: object
+    tokenizer: object
+    ref: str
+    manifest_id: str
+    kind: str
+    device: str
+    dtype: str
+    pooling: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer))
+
+
+def require_torch(feature: str = "teacher loading"):
+    """Import torch and transformers, or raise MissingExtraError naming the extra."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise MissingExtraError(feature, "teacher") from None
+    return torch, transformers
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; anything else as given."""
+    torch, _ = require_torch()
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(device: str, dtype=None):
+    """The parameter dtype: as asked, else bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU."""
+    torch, _ = require_torch()
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                from weightvault.errors import UsageError
+
+                raise UsageError(f"unknown dtype {dtype!r}", hint="use float32, bfloat16 or float16")
+            return getattr(torch, dtype)
+        return dtype
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_teacher(ref, device: str = "auto", dtype=None, vault=None) -> Teacher:
+    """Rebuild an archived version as a transformers model and tokenizer, straight from the store.
+
+    Args:
+        ref: ``NAME@V`` (or ``NAME`` for the latest), or a ResolvedVersion.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
+        dtype: torch dtype or its name for floating parameters; default bf16 on CUDA, fp32 on CPU.
+        vault: the Vault to read; default ``Vault.open()`` (``$WEIGHTVAULT_STORE``).
+    Returns:
+        A :class:`Teacher` (unpacks to ``model, tokenizer``).
+    Raises:
+        MissingExtraError: torch or transformers is not installed.
+        NotATransformersModelError: no config.json, an unknown architecture, or no safetensors weights.
+
+    Example:
+        >>> # model, tok = load_teacher("gpt2@1", device="cpu")
+    """
+    torch, transformers = require_torch()
+    if vault is None:
+        from weightvault.vault import Vault
+
+        vault = Vault.open()
+    resolved = vault.resolve(ref) if not hasattr(ref, "manifest_id") else ref
+    manifest = vault.manifest_by_id(resolved.manifest_id)
+    name = f"{manifest.model}@{manifest.version}"
+    device = pick_device(device)
+    target = pick_dtype(device, dtype)
+    if manifest.file("config.json") is None:
+        raise NotATransformersModelError(name, "it has no config.json")
+    with tempfile.TemporaryDirectory(prefix="wv-teacher-") as tmp:
+        write_aux_files(vault, resolved, manifest, Path(tmp))
+        config = _load_config(transformers, Path(tmp), name)
+        cls, kind = model_class(transformers, config, Path(tmp), name)
+        tokenizer = _load_tokenizer(transformers, Path(tmp))
+        pooling = read_pooling(Path(tmp)) if kind == ENCODER else {}
+    model = build_empty(torch, cls, config)
+    load_weights(torch, vault.store, manifest, model, device, target, name)
+    model.to(device)  # buffers (position ids, rotary tables) were built on the CPU
+    model.eval()
+    model.requires_grad_(False)
+    return Teacher(model, tokenizer, name, resolved.manifest_id, kind, str(next(model.parameters()).device),
+                   str(target).replace("torch.", ""), pooling)
+
+
+def write_aux_files(vault, ref, manifest, folder: Path) -> list[str]:
+    """Write the small non-weight files (config, tokenizer, module configs) of a version into ``folder``."""
+    written = []
+    for f in manifest.files:
+        if f.format == "safetensors" or not f.path.endswith(AUX_SUFFIXES) or f.size > AUX_MAX_BYTES:
+            continue
+        target = paths.safe_target(folder, f.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(vault.read_file(ref, f.path))
+        written.append(f.path)
+    return written
+
+
+def _load_config(transformers, folder: Path, name: str):
+    try:
+        return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NotATransformersModelError(name, f"config.json: {reason[:200]}") from None
+
+
+def model_class(transformers, config, folder: Path, name: str):
+    """Pick the model class from the config: (class, kind).
+
+    The first architecture transformers knows wins; without one, a causal LM head when the
+    model type has one, else the bare encoder (AutoModel). A sentence-transformers folder
+    (modules.json) always loads the bare encoder, as sentence-transformers itself does.
+    """
+    auto = transformers.AutoModel
+    if (folder / "modules.json").exists():
+        return _auto_class(auto, config, name), ENCODER
+    for arch in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls, kind_of(arch)
+    for auto_cls, kind in ((transformers.AutoModelForCausalLM, CAUSAL), (auto, ENCODER)):
+        with contextlib.suppress(ValueError, KeyError):
+            return _auto_class(auto_cls, config, name), kind
+    raise NotATransformersModelError(name, f"no model class for model_type {config.model_type!r}")
+
+
+def _auto_class(auto_cls, config, name):
+    mapping = auto_cls._model_mapping
+    try:
+        return mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"{auto_cls.__name__} has no class for {type(config).__name__}") from None
+
+
+def kind_of(arch: str) -> str:
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return CAUSAL
+    if arch.endswith("ForMaskedLM"):
+        return MASKED
+    if arch.endswith(("Model", "ForSentenceEmbedding")) and "For" not in arch:
+        return ENCODER
+    return OTHER
+
+
+def _load_tokenizer(transformers, folder: Path):
+    names = {p.name for p in folder.iterdir()}
+    if not names & {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model"}:
+        return None
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, OSError, KeyError) as e:
+        log.warning("tokenizer files present but unreadable: %s", str(e).splitlines()[0] if str(e) else e)
+        return None
+
+
+def read_pooling(folder: Path) -> dict:
+    """The sentence-transformers pooling of a folder: mode and whether a Normalize module follows."""
+    pooling = {"mode": "mean", "normalize": False}
+    modules = folder / "modules.json"
+    if not modules.exists():
+        return pooling
+    with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
+        for mod in json.loads(modules.read_text()):
+            kind = str(mod.get("type", ""))
+            if kind.endswith("Normalize"):
+                pooling["normalize"] = True
+            elif kind.endswith("Pooling"):
+                cfg = json.loads((folder / mod.get("path", "") / "config.json").read_text())
+                for mode in ("cls", "max", "mean"):
+                    if cfg.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
+                        pooling["mode"] = mode
+                        break
+    return pooling
+
+
+@contextlib.contextmanager
+def _params_on_meta(torch):
+    """Create every nn.Parameter on the meta device while buffers stay real.
+
+    Parameters are replaced by the stored tensors, so allocating (and randomly
+    initialising) them would only cost time and double the peak memory; buffers
+    (position ids, rotary tables, causal masks) are computed in __init__ and are
+    often not in the checkpoint, so they must be real. (accelerate's
+    init_empty_weights(include_buffers=False) does the same.)
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
+def build_empty(torch, cls, config):
+    """Instantiate ``cls`` from ``config`` with meta parameters and real buffers."""
+    with _params_on_meta(torch), _no_init_weights():
+        if hasattr(cls, "_from_config"):
+            return cls._from_config(config)
+        return cls(config)
+
+
+def _no_init_weights():
+    """transformers' own switch to skip random init (moved between releases); a no-op if absent."""
+    for mod in ("transformers.initialization", "transformers.modeling_utils"):
+        with contextlib.suppress(ImportError, AttributeError):
+            import importlib
+
+            return importlib.import_module(mod).no_init_weights()
+    return contextlib.nullcontext()
+
+
+def weight_files(manifest) -> list:
+    """The safetensors files holding the model's weights: the index's shards, else top-level files."""
+    index = manifest.file("model.safetensors.index.json")
+    top = [f for f in manifest.files if f.format == "safetensors" and "/" not in f.path]
+    if index is not None:
+        return top  # shard names come from the index, all top-level
+    single = manifest.file("model.safetensors")
+    return [single] if single is not None else top
+
+
+def _param_slots(model) -> dict:
+    """Every name a parameter or buffer is reachable under -> list of (module, attr, is_param)."""
+    slots: dict[str, list] = {}
+    by_obj: dict[int, list] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is None:
+                continue
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            by_obj.setdefault(id(p), []).append((module, attr, True))
+            slots[full] = by_obj[id(p)]  # tied names share one alias list
+        for attr, b in module._buffers.items():
+            if b is not None:
+                full = f"{mod_name}.{attr}" if mod_name else attr
+                slots.setdefault(full, []).append((module, attr, False))
+    return slots
+
+
+def _match(slots: dict, name: str, prefix: str) -> str | None:
+    if name in slots:
+        return name
+    if prefix and f"{prefix}.{name}" in slots:
+        return f"{prefix}.{name}"
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in slots:
+        return name[len(prefix) + 1:]
+    for old, new in ((".gamma", ".weight"), (".beta", ".bias")):  # pre-2020 BERT/LayerNorm names
+        if name.endswith(old):
+            return _match(slots, name[: -len(old)] + new, prefix)
+    return None
+
+
+def read_stored_tensor(torch, store, f, t, pool):
+    """Decode one stored tensor into a CPU torch tensor of its stored dtype (BF16/FP8 as such)."""
+    dt = TORCH_DTYPES.get(t.dtype)
+    if dt is None or not hasattr(torch, dt):
+        raise NotATransformersModelError(f.path, f"tensor {t.name!r} has dtype {t.dtype} torch cannot hold")
+    size = t.end - t.begin
+    if size == 0:
+        return torch.empty(t.shape, dtype=getattr(torch, dt))
+    buf = bytearray(size)
+    view = memoryview(buf)
+    from weightvault.archive.restore import iter_chunks
+
+    off = 0
+    for raw in iter_chunks(store, f.tensor_chunks(t), pool=pool):
+        view[off: off + len(raw)] = raw
+        off += len(raw)
+    return torch.frombuffer(buf, dtype=getattr(torch, dt)).reshape(t.shape)
+
+
+def load_weights(torch, store, manifest, model, device: str, dtype, name: str) -> None:
+    """Stream every stored tensor into ``model``'s parameters (and persistent buffers)."""
+    files = weight_files(manifest)
+    if not files:
+        raise NotATransformersModelError(name, "it has no safetensors weights")
+    slots = _param_slots(model)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    loaded: set[int] = set()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wv-teacher") as pool:
+        for f in files:
+            for t in f.tensors:
+                key = _match(slots, t.name, prefix)
+                if key is None:
+                    log.debug("%s: stored tensor %s has no place in %s", name, t.name, type(model).__name__)
+                    continue
+                tensor = read_stored_tensor(torch, store, f, t, pool)
+                _install(torch, slots[key], tensor, device, dtype, t.name)
+                loaded.add(id(slots[key]))
+    _finish_missing(torch, model, slots, loaded, device, dtype, name)
+
+
+def _install(torch, aliases, tensor, device, dtype, stored_name):
+    module0, attr0, is_param = aliases[0]
+    current = getattr(module0, attr0)
+    if tuple(current.shape) != tuple(tensor.shape):
+        raise NotATransformersModelError(
+            stored_name, f"stored shape {tuple(tensor.shape)} does not fit the model's {tuple(current.shape)}")
+    if tensor.is_floating_point():
+        tensor = tensor.to(dtype if is_param else current.dtype)
+    tensor = tensor.to(device)
+    if is_param:
+        param = torch.nn.Parameter(tensor, requires_grad=False)
+        for module, attr, _ in aliases:  # tied names all get the same Parameter
+            module._parameters[attr] = param
+    else:
+        for module, attr, _ in aliases:
+            module._buffers[attr] = tensor
+
+
+def _finish_missing(torch, model, slots, loaded, device, dtype, name):
+    """Parameters the checkpoint lacks: tie them as the config says, else initialise them and warn."""
+    missing = [k for k, al in slots.items() if al[0][2] and id(al) not in loaded
+               and getattr(al[0][0], al[0][1]).device.type == "meta"]
+    if not missing:
+        return
+    with contextlib.suppress(Exception):  # transformers ties lm_head to the embeddings here
+        model.tie_weights()
+    still = [k for k in missing if getattr(slots[k][0][0], slots[k][0][1]).device.type == "meta"]
+    if not still:
+        return
+    log.warning("%s: %d parameters are not in the checkpoint and were freshly initialised: %s",
+                name, len(still), ", ".join(still[:5]) + (" …" if len(still) > 5 else ""))
+    for k in still:
+        module, attr, _ = slots[k][0]
+        meta = getattr(module, attr)
+        module._parameters[attr] = torch.nn.Parameter(torch.zeros(meta.shape, dtype=dtype, device=device),
+                                                      requires_grad=False)
+        with contextlib.suppress(Exception):
+            model._init_weights(module)
