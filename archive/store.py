@@ -25,7 +25,9 @@ from weightvault.archive.backend import Backend, LocalBackend
 from weightvault.archive.locking import FileLock
 from weightvault.archive.manifest import Manifest
 from weightvault.errors import (
+    ChunkCorruptError,
     ChunkMissingError,
+    InvalidNameError,
     ManifestCorruptError,
     StoreFormatError,
     StoreNotFoundError,
@@ -168,8 +170,6 @@ class Store:
         head = self.backend.get_range(key, 0, 4096)
         n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
         if n < 0 or 8 + n > info.size or n > 1 << 20:
-            from weightvault.errors import ChunkCorruptError
-
             raise ChunkCorruptError(chunk_id, "container header length is invalid")
         if len(head) < 8 + n:
             head = self.backend.get_range(key, 0, 8 + n)
@@ -220,7 +220,7 @@ class Store:
         try:
             d = json.loads(data)
             return RefRecord(d["model"], d["version"], ids.check_id(d["manifest"]), d["created_at"])
-        except (ValueError, KeyError, TypeError, Exception) as e:
+        except (ValueError, KeyError, TypeError, InvalidNameError) as e:
             raise StoreFormatError(f"ref {key} is unreadable ({e})", hint="run `weightvault verify`") from None
 
     def list_refs(self, model: str | None = None) -> list[RefRecord]:
@@ -252,13 +252,9 @@ class Store:
 
 def _parse_head_only(head: bytes, stored_size: int, chunk_id: str) -> codecs.ChunkHeader:
     """Parse a container header without its payload (for sizes and codecs)."""
-    import json as _json
-
-    from weightvault.errors import ChunkCorruptError
-
     try:
         n = int.from_bytes(head[:8], "little")
-        obj = _json.loads(head[8 : 8 + n])
+        obj = json.loads(head[8 : 8 + n])
         meta = obj.pop("__metadata__")
         streams = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in obj.items()}
     except (ValueError, KeyError, TypeError):
