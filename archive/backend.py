@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from weightvault.archive import faults
 from weightvault.errors import DiskFullError, WeightvaultError
 
 
@@ -119,6 +120,7 @@ class LocalBackend(Backend):
         tmp = tmpdir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
         try:
             with open(tmp, "xb") as f:
+                faults.point("put")
                 f.write(data)
                 if self.fsync:
                     f.flush()
@@ -135,6 +137,7 @@ class LocalBackend(Backend):
         self._mkdir(final.parent)
         tmp = self._write_temp(data)
         try:
+            faults.point("put.rename")
             if exclusive:
                 # link() is atomic and fails when the name exists: a name is claimed once.
                 try:
@@ -183,6 +186,7 @@ class LocalBackend(Backend):
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> bool:
+        faults.point("delete")
         try:
             self.path(key).unlink()
             return True

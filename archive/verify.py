@@ -1,8 +1,18 @@
 """Verify: re-read what is stored and name everything a damaged chunk affects.
 
-``verify`` decodes every chunk the chosen versions reference (or a random
-subset of them), checks it against its ID, and maps each damaged or missing
-chunk back to the versions, files and tensors that use it.
+Two depths, as restic ``check`` and ``check --read-data``:
+
+- :func:`check_structure` (the CLI default, fast): every manifest parses and
+  matches its ID (done when the caller loads it), every referenced chunk and
+  every delta base it needs exists, its container header parses, names the
+  chunk, records the raw length the manifest expects, and its stored size is
+  plausible for its codec. Reads a few KiB per chunk.
+- :func:`verify` (``--read-data``, optionally ``--subset PCT``): decodes every
+  chunk (bases included), checks it against its ID; detects any flipped byte.
+
+Both map each damaged or missing chunk back to the versions, files and tensors
+that use it; ``Damage.cause`` names the chunk actually at fault when a chunk
+is lost because its delta base is.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ class Damage:
     chunk_id: str
     reason: str
     uses: tuple[tuple[str, str, str | None], ...]
+    cause: str | None = None  # the chunk at fault when it is not chunk_id (a delta base)
 
 
 @dataclass
@@ -45,14 +56,31 @@ class VerifyReport:
     """
 
     versions: list[str] = field(default_factory=list)
+    mode: str = "read-data"  # or "structure"
     chunks_checked: int = 0
     chunks_total: int = 0
     bytes_checked: int = 0
     damaged: list[Damage] = field(default_factory=list)
+    broken_versions: list[tuple[str, str]] = field(default_factory=list)  # (model@version, why) unreadable
 
     @property
     def ok(self) -> bool:
-        return not self.damaged
+        return not self.damaged and not self.broken_versions
+
+
+def load_versions(store: Store) -> tuple[dict[str, Manifest], list[tuple[str, str]]]:
+    """Every ref's manifest, and the versions whose manifest is missing or damaged.
+
+    Returns:
+        (manifest id -> manifest, [(model@version, reason)]).
+    """
+    manifests, broken = {}, []
+    for r in store.list_refs():
+        try:
+            manifests[r.manifest_id] = store.get_manifest(r.manifest_id)
+        except IntegrityError as e:
+            broken.append((f"{r.model}@{r.version}", str(e)))
+    return manifests, broken
 
 
 def chunk_uses(manifests: dict[str, Manifest]) -> dict[str, list[tuple[str, str, str | None]]]:
@@ -96,7 +124,7 @@ def verify(store: Store, manifests: dict[str, Manifest], *, subset: float | None
             store.read_chunk(cid, lengths[cid])
             return cid, None
         except IntegrityError as e:
-            return cid, getattr(e, "reason", None) or ("missing" if "missing" in str(e) else str(e))
+            return cid, _problem(cid, e)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         for cid, problem in pool.map(check, todo):
@@ -105,5 +133,77 @@ def verify(store: Store, manifests: dict[str, Manifest], *, subset: float | None
             if progress:
                 progress(lengths[cid])
             if problem:
-                report.damaged.append(Damage(cid, problem, tuple(uses.get(cid, ()))))
+                reason, cause = problem
+                report.damaged.append(Damage(cid, reason, tuple(uses.get(cid, ())), cause))
+    return report
+
+
+def _problem(cid: str, e: IntegrityError) -> tuple[str, str | None]:
+    """(reason, chunk at fault if another one) for an error met reading ``cid``."""
+    at = getattr(e, "chunk_id", cid)
+    reason = getattr(e, "reason", None) or ("missing" if "missing" in str(e) else str(e))
+    if at != cid:
+        return f"its delta base {at[:16]} is damaged: {reason}", at
+    return reason, None
+
+
+def _plausible(header, stored_size: int, raw_len: int) -> str | None:
+    """Why a container's stored size cannot hold its raw bytes, or None."""
+    total = sum(e - b for b, e in header.streams.values())
+    if header.codec == "raw" and total != raw_len:
+        return f"raw container holds {total} bytes, expected {raw_len}"
+    if max((e for _, e in header.streams.values()), default=0) > stored_size:
+        return "container streams run past its end (truncated)"
+    return None
+
+
+def check_structure(store: Store, manifests: dict[str, Manifest], *, progress=None,
+                    workers: int | None = None) -> VerifyReport:
+    """Fast check: every referenced chunk (and delta base) exists and its header is sound.
+
+    Args:
+        store: the store.
+        manifests: manifest id -> manifest of the versions to check (already
+            parsed, so their hashes and structure are checked).
+    Returns:
+        A VerifyReport with ``mode == "structure"``; ``bytes_checked`` is 0.
+    """
+    report = VerifyReport(versions=sorted(f"{m.model}@{m.version}" for m in manifests.values()), mode="structure")
+    uses = chunk_uses(manifests)
+    lengths = {cid: n for m in manifests.values() for f in m.files for cid, n in f.chunks}
+    report.chunks_total = len(lengths)
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(len(lengths))
+    bad_bases: dict[str, str] = {}
+
+    def header_problem(cid, raw_len):
+        try:
+            h, size = store.chunk_header(cid)
+        except IntegrityError as e:
+            return _problem(cid, e)[0], None
+        if raw_len is not None and h.raw_len != raw_len:
+            return f"container raw_len {h.raw_len} != recorded {raw_len}", None
+        return _plausible(h, size, h.raw_len), h.base
+
+    def check(cid):
+        problem, base = header_problem(cid, lengths[cid])
+        seen = {cid}
+        while problem is None and base and base not in seen:  # walk the delta chain
+            seen.add(base)
+            if base in bad_bases:
+                return cid, (f"its delta base {base[:16]} is damaged: {bad_bases[base]}", base)
+            bproblem, next_base = header_problem(base, None)
+            if bproblem:
+                bad_bases[base] = bproblem
+                return cid, (f"its delta base {base[:16]} is damaged: {bproblem}", base)
+            base = next_base
+        return cid, (problem, None) if problem else None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for cid, problem in pool.map(check, sorted(lengths)):
+            report.chunks_checked += 1
+            if progress:
+                progress(1)
+            if problem:
+                report.damaged.append(Damage(cid, problem[0], tuple(uses.get(cid, ())), problem[1]))
     return report

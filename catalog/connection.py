@@ -18,6 +18,7 @@ import os
 import time
 from contextlib import contextmanager
 
+from weightvault.archive import faults
 from weightvault.archive.locking import FileLock
 from weightvault.archive.store import Store
 from weightvault.catalog import indexer, migrations
@@ -96,6 +97,7 @@ class Catalog:
             try:
                 migrations.migrate(con)
                 yield con
+                faults.point("catalog.checkpoint")
                 con.execute("CHECKPOINT")
             finally:
                 con.close()

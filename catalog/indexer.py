@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 
+from weightvault.archive import faults
 from weightvault.archive.manifest import Manifest
 from weightvault.archive.store import Store
 from weightvault.errors import IntegrityError
@@ -147,6 +148,7 @@ def sync(con, store: Store, plan=None, chunk_info: dict | None = None) -> tuple[
             index_version(con, store, mid, m, chunk_info)
         for eid, ev in events:
             index_event(con, eid, ev)
+        faults.point("catalog.commit")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -265,3 +265,39 @@ class CatalogError(WeightvaultError):
 class QueryError(WeightvaultError):
     exit_code = 4
     default_hint = "list tables and views with `weightvault sql \"SHOW ALL TABLES\"`"
+
+
+# -- reliability (gc, repair, pickle conversion, signatures) -------------------
+
+
+class GcRefusedError(IntegrityError):
+    """GC will not sweep a store whose referenced data is missing or unreadable."""
+
+    default_hint = "run `weightvault verify` and `weightvault repair`, or `weightvault rm` the damaged versions"
+
+    def __init__(self, problems: list[str], **kw):
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        super().__init__(f"gc refused: referenced data is damaged: {'; '.join(problems[:3])}{more}", **kw)
+        self.problems = list(problems)
+
+
+class UnsafePickleError(InvalidInputError):
+    """A pickled checkpoint names a global outside the allowlist, or cannot be scanned."""
+
+    default_hint = "convert it yourself in a sandbox (safetensors.torch.save_file), or --exclude it"
+
+    def __init__(self, path: str, reason: str, **kw):
+        super().__init__(f"{path}: refused to convert pickle: {reason}", **kw)
+        self.path = path
+        self.reason = reason
+
+
+class SignatureError(IntegrityError):
+    """A signature does not verify, or what it signed no longer matches the store."""
+
+    default_hint = "do not trust this version; inspect it with `weightvault verify --read-data`"
+
+
+class KeyFileError(InvalidInputError):
+    default_hint = "create a key pair with `weightvault keygen KEYFILE`"
+

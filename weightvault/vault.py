@@ -154,17 +154,27 @@ class Vault:
         t, raw = read_tensor_bytes(self.store, self.manifest(ref), name, file)
         return np.frombuffer(raw, dtype=NUMPY_DTYPES.get(t.dtype, "uint8")).reshape(t.shape)
 
-    def verify(self, ref=None, *, subset: float | None = None, progress=None):
-        """Re-hash stored chunks of one version (or all); returns a VerifyReport."""
-        from weightvault.archive.verify import verify
+    def verify(self, ref=None, *, subset: float | None = None, progress=None, read_data: bool = True):
+        """Check one version (or all); returns a VerifyReport.
 
+        ``read_data`` (or a ``subset``) decodes and re-hashes chunks; without it
+        only the structure is checked (manifests, chunk presence, headers, sizes).
+        """
+        from weightvault.archive.verify import check_structure, load_versions, verify
+
+        broken = []
         if ref is not None:
             r = self.resolve(ref)
             manifests = {r.manifest_id: self.manifest_by_id(r.manifest_id)}
         else:
-            manifests = {r.manifest_id: self.manifest_by_id(r.manifest_id) for r in self.store.list_refs()}
+            manifests, broken = load_versions(self.store)
         with self.store.lock.held(shared=True, timeout=self.lock_timeout, op="verify"):
-            return verify(self.store, manifests, subset=subset, progress=progress)
+            if read_data or subset is not None:
+                rep = verify(self.store, manifests, subset=subset, progress=progress)
+            else:
+                rep = check_structure(self.store, manifests, progress=progress)
+        rep.broken_versions.extend(broken)
+        return rep
 
     def sql(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
         """Run SQL on the catalog (read-only); returns (column names, rows)."""

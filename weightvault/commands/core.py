@@ -53,11 +53,14 @@ def register(sub, common):
                     example="weightvault du --json", parents=[common])
     p.set_defaults(func=cmd_du)
 
-    p = add_command(sub, "verify", help="re-hash stored chunks; name what any damage affects",
-                    example="weightvault verify minilm@2", parents=[common])
+    p = add_command(sub, "verify", help="check the store; name the versions, files and tensors any damage affects",
+                    example="weightvault verify --read-data --subset 10", parents=[common],
+                    description="Default: a fast structural check (manifests parse and match their IDs, every "
+                                "chunk and delta base exists, headers and sizes are sound). --read-data also "
+                                "decodes and re-hashes every chunk, which detects any flipped byte.")
     p.add_argument("ref", nargs="?", help="NAME@V (default: every version)")
-    p.add_argument("--read-data", action="store_true", help="decode and hash every chunk (the default)")
-    p.add_argument("--subset", type=float, metavar="PCT", help="check a random PCT%% of the chunks")
+    p.add_argument("--read-data", action="store_true", help="decode and hash every chunk (detects any changed byte)")
+    p.add_argument("--subset", type=float, metavar="PCT", help="with --read-data: a random PCT%% of the chunks")
     p.set_defaults(func=cmd_verify)
 
     p = add_command(sub, "catalog", help="catalog maintenance: rebuild, sync, path",
@@ -286,17 +289,21 @@ def cmd_verify(args):
     v = open_vault(args, create=False)
     subset = args.subset / 100 if args.subset is not None else None
     with progress_bar("verify", enabled=not args.json) as bar:
-        rep = v.verify(args.ref, subset=subset, progress=bar)
+        rep = v.verify(args.ref, subset=subset, progress=bar, read_data=args.read_data or subset is not None)
     if args.json:
-        print_json({"ok": rep.ok, "versions": rep.versions, "chunks_checked": rep.chunks_checked,
+        print_json({"ok": rep.ok, "mode": rep.mode, "versions": rep.versions, "chunks_checked": rep.chunks_checked,
                     "chunks_total": rep.chunks_total, "bytes_checked": rep.bytes_checked,
-                    "damaged": [{"chunk_id": d.chunk_id, "reason": d.reason,
+                    "broken_versions": [{"version": b[0], "reason": b[1]} for b in rep.broken_versions],
+                    "damaged": [{"chunk_id": d.chunk_id, "reason": d.reason, "cause": d.cause,
                                  "uses": [{"version": u[0], "file": u[1], "tensor": u[2]} for u in d.uses]}
                                 for d in rep.damaged]})
     else:
         c = out_console()
-        c.print(f"checked {rep.chunks_checked} of {rep.chunks_total} chunks ({human(rep.bytes_checked)}) "
+        what = f"decoded {human(rep.bytes_checked)}" if rep.mode == "read-data" else "structure only; --read-data to re-hash"
+        c.print(f"checked {rep.chunks_checked} of {rep.chunks_total} chunks ({what}) "
                 f"in {len(rep.versions)} versions")
+        for ver, why in rep.broken_versions:
+            c.print(f"[red]unreadable version[/] {ver}: {why}")
         for d in rep.damaged:
             c.print(f"[red]damaged[/] chunk {d.chunk_id[:16]}: {d.reason}")
             for ver, path, tensor in d.uses:
