@@ -35,13 +35,17 @@ def run_diff(v, args) -> dict:
     from weightvault._ui import progress_bar
     from weightvault.diff_weights import diff_weights
 
+    prompts = None
+    if args.prompts:
+        from weightvault.diff_behaviour import load_prompts
+
+        prompts = load_prompts(args.prompts)  # bad input fails before any work
     with progress_bar(f"diff {args.a} {args.b}", enabled=not args.json) as bar:
         wd = diff_weights(v, args.a, args.b, progress=bar)
     d = wd.to_dict()
-    if args.prompts:
-        from weightvault.diff_behaviour import diff_behaviour, load_prompts
+    if prompts is not None:
+        from weightvault.diff_behaviour import diff_behaviour
 
-        prompts = load_prompts(args.prompts)  # bad input fails before any model is loaded
         bd = diff_behaviour(v, wd.a, wd.b, prompts, identical=wd.identical, device=args.device,
                             dtype=args.dtype, max_new_tokens=args.max_new_tokens)
         d["behaviour"] = bd.to_dict()
@@ -54,6 +58,13 @@ def cmd_diff(args):
 
     if args.top < 1:
         raise UsageError("--top must be at least 1", hint="e.g. --top 20")
+    if args.html:
+        from pathlib import Path
+
+        from weightvault.errors import InvalidInputError
+
+        if not Path(args.html).resolve().parent.is_dir():
+            raise InvalidInputError(f"{args.html}: its folder does not exist", hint="create it, or pick another path")
     v = open_vault(args, create=False)
     d = run_diff(v, args)
     if args.html:
