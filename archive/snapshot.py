@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightvault.archive import codecs, ids, paths
+from weightvault.archive import card, codecs, ids, paths
 from weightvault.archive.manifest import FileEntry, Manifest, TensorEntry
 from weightvault.archive.safetensors_header import read_header
 from weightvault.archive.store import Store, now_iso
@@ -309,6 +309,7 @@ def snapshot(
     parent_id = _resolve_parent(store, model, parent)
     # Validate every header before writing anything: bad input leaves nothing behind.
     plans = [(f, *plan_segments(f, store.chunk_size)) for f in files]
+    metadata = {**card.read_metadata(files), **(metadata or {})}  # card/config facts; malformed -> refused now
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(f.size for f in files))
 

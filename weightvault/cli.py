@@ -16,6 +16,7 @@ import sys
 # Command groups; each module's register(sub, common) adds its subcommands.
 COMMAND_MODULES = [
     "weightvault.commands.core",
+    "weightvault.commands.provenance",
     "weightvault.commands.reliability",
     "weightvault.commands.diff",
 ]

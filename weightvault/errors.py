@@ -195,6 +195,18 @@ class ChunkMissingError(IntegrityError):
         self.chunk_id = chunk_id
 
 
+class EtagMismatchError(IntegrityError):
+    """A Hub cache file does not hash to its etag (sha256 for LFS files, git sha1 otherwise)."""
+
+    default_hint = "delete the file's blob from the Hugging Face cache and download the revision again"
+
+    def __init__(self, path: str, etag: str, actual: str, *, kind: str = "digest", **kw):
+        super().__init__(f"{path}: {kind} {actual[:16]} does not match its etag {etag[:16]}", **kw)
+        self.path = path
+        self.etag = etag
+        self.actual = actual
+
+
 class ManifestCorruptError(IntegrityError):
     def __init__(self, manifest_id: str, reason: str, **kw):
         super().__init__(f"manifest {manifest_id}: {reason}", **kw)

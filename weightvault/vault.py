@@ -83,6 +83,9 @@ class Vault:
         rec = self.store.get_ref(r.model, r.version)
         if rec is not None:
             return ResolvedVersion(rec.model, rec.version, rec.manifest_id)
+        from weightvault.catalog.indexer import load_plugins
+
+        load_plugins()  # plugins add resolvers (NAME@TAG)
         for fn in REF_RESOLVERS:
             mid = fn(self, r.model, r.version)
             if mid:
@@ -105,8 +108,13 @@ class Vault:
 
     def snapshot(self, source, model: str, **kw):
         """Archive a folder as a new version; see :func:`weightvault.archive.snapshot.snapshot`."""
+        from weightvault.archive import hub
         from weightvault.archive.snapshot import snapshot
 
+        if hub.is_hub_ref(source):  # hf:ORG/NAME[@REV]: pinned commit, blobs checked against etags
+            h = hub.fetch(source, exclude=tuple(kw.get("exclude", ())))
+            source, kw["files"] = h.folder, list(h.files)
+            kw.setdefault("source_info", h.source_info)
         with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"snapshot {model}"):
             result = snapshot(self.store, source, model, **kw)
         self.catalog.sync(chunk_info=result.stats.new_chunk_info)

@@ -10,16 +10,19 @@ def register(sub, common):
                     example="weightvault --store /data/vault init", parents=[common])
     p.set_defaults(func=cmd_init)
 
-    p = add_command(sub, "snapshot", help="archive a model folder as a new version",
+    p = add_command(sub, "snapshot", help="archive a model folder (or hf:ORG/NAME[@REV]) as a new version",
                     example="weightvault snapshot ./all-MiniLM-L6-v2 --model minilm --tag base -m 'as released'",
                     parents=[common])
-    p.add_argument("path", help="model folder (Hugging Face layout)")
-    p.add_argument("--model", required=True, help="model name, e.g. minilm or org/name")
+    p.add_argument("path", help="model folder (Hugging Face layout), or hf:ORG/NAME[@REVISION] via the HF cache")
+    p.add_argument("--model", help="model name, e.g. minilm or org/name (default for hf: the repo id)")
     p.add_argument("--version", help="version label (default: next number)")
     p.add_argument("--parent", help="parent version (default: the model's latest; '' for none)")
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--message", "-m", default="", help="a note on this version")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
+    from weightvault.commands.provenance import add_snapshot_options, cmd_catalog_export
+
+    add_snapshot_options(p)  # --base-model, --relation, --dataset
     p.set_defaults(func=cmd_snapshot)
 
     p = add_command(sub, "log", help="list models, or the versions of one model",
@@ -76,6 +79,10 @@ def register(sub, common):
     c = add_command(csub, "path", help="print the DuckDB file's path (open it with duckdb -readonly)",
                     example="duckdb -readonly $(weightvault catalog path)")
     c.set_defaults(func=cmd_catalog_path)
+    c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet",
+                    example="weightvault catalog export ./catalog-parquet", parents=[common])
+    c.add_argument("dir", help="output folder")
+    c.set_defaults(func=cmd_catalog_export)
 
     p = add_command(sub, "demo", help="archive the real all-MiniLM-L6-v2, add a version, query, restore",
                     example="pip install 'weightvault[demo]' && weightvault demo", parents=[common])
@@ -121,12 +128,25 @@ def print_snapshot(res) -> None:
     c.print(f"  manifest {res.manifest_id[:16]}")
 
 
+def _default_model(path: str) -> str:
+    from weightvault.archive import hub
+    from weightvault.errors import UsageError
+
+    if hub.is_hub_ref(path):
+        return hub.default_model_name(path)
+    raise UsageError("--model is required for a local folder", hint=f"weightvault snapshot {path} --model NAME")
+
+
 def cmd_snapshot(args):
     from weightvault._ui import print_json, progress_bar
 
+    from weightvault.commands.provenance import snapshot_extras
+
     v = open_vault(args)
+    args.model = args.model or _default_model(args.path)
+    extras = snapshot_extras(v, args)  # lineage and dataset links, checked before anything is written
     with progress_bar(f"snapshot {args.model}", enabled=not args.json) as bar:
-        res = v.snapshot(args.path, args.model, version=args.version, parent=args.parent,
+        res = v.snapshot(args.path, args.model, **extras, version=args.version, parent=args.parent,
                          tags=tuple(args.tag), message=args.message, exclude=tuple(args.exclude), progress=bar)
     if args.json:
         print_json(snapshot_summary(res))

@@ -1,0 +1,274 @@
+"""Recording provenance: datasets, links, lineage, tags and evals, as events first.
+
+Every write here validates its input, writes one immutable event with
+``store.put_event`` (the truth), then syncs the catalog (the index), so
+``catalog rebuild`` keeps it all. Nothing is written when validation fails.
+
+>>> # from weightvault import Vault, provenance as pv
+>>> # v = Vault.open("vault")
+>>> # pv.add_dataset(v, {"name": "alpaca", "license": "CC-BY-NC-4.0", "cutoff_date": "2023-03-01"})
+>>> # pv.link_dataset(v, "student@1", "alpaca", "distill")
+>>> # pv.move_tag(v, "student@1", "prod")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from weightvault.archive import hub, ids
+from weightvault.catalog import datasets as ds
+from weightvault.catalog import provenance as cp
+from weightvault.errors import AlreadyExistsError, InvalidInputError, NotFoundError, RecordValidationError
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A recorded dataset, by name and version.
+
+    Attributes:
+        name: dataset name.
+        version: dataset version label.
+    """
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _record(vault, event_type: str, payload: dict) -> str:
+    """Write one event (under the shared store lock), then index it; return its id."""
+    with vault.store.lock.held(shared=True, timeout=vault.lock_timeout, op=f"record {event_type}"):
+        eid = vault.store.put_event(event_type, payload)
+    vault.catalog.sync()
+    return eid
+
+
+# -- datasets ---------------------------------------------------------------------
+
+
+def find_dataset(vault, text: str) -> DatasetRef:
+    """Resolve ``NAME`` (latest recorded version) or ``NAME@VERSION`` to a recorded dataset.
+
+    Raises:
+        NotFoundError: no such dataset is recorded.
+    """
+    name, sep, version = text.partition("@")
+    if sep:
+        _, rows = vault.sql("SELECT name, version FROM datasets WHERE name = ? AND version = ?", [name, version])
+    else:
+        _, rows = vault.sql("SELECT name, version FROM datasets WHERE name = ? ORDER BY recorded_at DESC LIMIT 1",
+                            [name])
+    if not rows:
+        raise NotFoundError(f"dataset {text!r} is not recorded",
+                            hint="record it with `weightvault dataset add NAME ...`; list them with `weightvault dataset list`")
+    return DatasetRef(*rows[0])
+
+
+def add_dataset(vault, record: dict, *, source: str = "flags", replace: bool = False) -> tuple[str, dict]:
+    """Validate and record a dataset.
+
+    Args:
+        vault: an open Vault.
+        record: fields of ``schemas/dataset.schema.json``.
+        source: where the record came from (for error messages).
+        replace: record a correction of an existing name@version (the latest record wins).
+    Returns:
+        (event id, the normalised record).
+    Raises:
+        RecordValidationError: a field is missing or invalid (named in the message).
+        AlreadyExistsError: name@version is recorded and ``replace`` is False.
+    """
+    rec = ds.validate(record, source)
+    _, rows = vault.sql("SELECT 1 FROM datasets WHERE name = ? AND version = ?", [rec["name"], rec["version"]])
+    if rows and not replace:
+        raise AlreadyExistsError(f"dataset {rec['name']}@{rec['version']} is already recorded",
+                                 hint="pass --replace to record a correction, or give another --version")
+    return _record(vault, "dataset", rec), rec
+
+
+def link_dataset(vault, ref, dataset: str, role: str) -> str:
+    """Record that version ``ref`` used ``dataset`` (``NAME[@V]``) in ``role``; returns the event id."""
+    _check_role(role)
+    r = vault.resolve(ref)
+    d = find_dataset(vault, dataset)
+    return _record(vault, "link", {"version_id": r.manifest_id, "model": r.model, "version": r.version,
+                                   "dataset": d.name, "dataset_version": d.version, "role": role})
+
+
+def _check_role(role: str) -> None:
+    try:
+        cp.check_role(role)
+    except ValueError as e:
+        raise InvalidInputError(str(e), hint=f"use one of: {', '.join(cp.ROLES)}") from None
+
+
+def snapshot_links(vault, specs) -> list[dict]:
+    """``NAME[@V]:ROLE`` strings -> manifest link records (``snapshot --dataset``), checked now."""
+    out = []
+    for spec in specs:
+        name, sep, role = spec.rpartition(":")
+        if not sep or not name:
+            raise InvalidInputError(f"--dataset {spec!r}: expected NAME[@VERSION]:ROLE", hint="e.g. --dataset alpaca@1:distill")
+        _check_role(role)
+        d = find_dataset(vault, name)
+        out.append({"dataset": d.name, "dataset_version": d.version, "role": role})
+    return out
+
+
+# -- lineage ----------------------------------------------------------------------
+
+
+def lineage_edge(vault, base: str, relation: str, *, run_id: str | None = None,
+                 prompt_set_hash: str | None = None, settings: dict | None = None) -> dict:
+    """Build a checked lineage record for a manifest or event.
+
+    Args:
+        base: ``NAME@V`` (or ``NAME@TAG``) of a version in this store, or an external ``hf:ORG/NAME``.
+        relation: finetune, adapter, merge, quantized, cast or distilled.
+        run_id, prompt_set_hash, settings: for ``distilled`` edges (the teacher is ``base``).
+    Returns:
+        ``{"relation", "base"}`` or ``{"relation", "base_ref"}`` plus the distilled fields given.
+    """
+    edge: dict = {"relation": relation}
+    if hub.is_hub_ref(base):
+        r = hub.parse_hf_ref(base)
+        edge["base_ref"] = f"hf:{r.repo}" + (f"@{r.revision}" if r.revision else "")
+    else:
+        edge["base"] = vault.resolve(base).manifest_id
+    for k, v in (("run_id", run_id), ("prompt_set_hash", prompt_set_hash), ("settings", settings)):
+        if v is not None:
+            edge[k] = v
+    try:
+        return cp.check_lineage(edge)
+    except ValueError as e:
+        raise InvalidInputError(f"lineage: {e}", hint=f"relations: {', '.join(cp.RELATIONS)}") from None
+
+
+def add_lineage(vault, child, base: str, relation: str, **distilled) -> str:
+    """Record an edge from version ``child`` to ``base`` after the snapshot; returns the event id."""
+    r = vault.resolve(child)
+    edge = lineage_edge(vault, base, relation, **distilled)
+    if edge.get("base") == r.manifest_id:
+        raise InvalidInputError(f"{r} cannot be its own base")
+    return _record(vault, "lineage", {"child": r.manifest_id, **edge})
+
+
+# -- tags ---------------------------------------------------------------------------
+
+
+def move_tag(vault, ref, tag: str, *, message: str = "") -> str:
+    """Point ``tag`` at version ``ref`` (creating or moving it; every move is kept)."""
+    ids.check_version_name(tag)
+    r = vault.resolve(ref)
+    if tag == "latest" or vault.store.get_ref(r.model, tag) is not None:
+        raise InvalidInputError(f"tag {tag!r} would hide version {r.model}@{tag}", hint="choose another tag name")
+    return _record(vault, "tag", {"model": r.model, "tag": tag, "version_id": r.manifest_id,
+                                  "version": r.version, "message": message or None})
+
+
+def remove_tag(vault, model: str, tag: str) -> str:
+    """Remove a tag (recorded as a move to nothing)."""
+    ids.check_model_name(model)
+    _, rows = vault.sql("SELECT 1 FROM tags WHERE model = ? AND tag = ?", [model, tag])
+    if not rows:
+        raise NotFoundError(f"{model} has no tag {tag!r}", hint=f"list tags with `weightvault tag {model}`")
+    return _record(vault, "tag", {"model": model, "tag": tag, "version_id": None})
+
+
+# -- evals --------------------------------------------------------------------------
+
+
+def record_eval(vault, ref, task: str, metric: str, value: float, *, dataset: str | None = None,
+                settings: dict | None = None) -> str:
+    """Record one evaluation result of version ``ref``; returns the event id."""
+    if not task or not metric:
+        raise InvalidInputError("an eval result needs a task and a metric")
+    r = vault.resolve(ref)
+    payload = {"version_id": r.manifest_id, "task": task, "metric": metric, "value": float(value)}
+    if dataset:
+        d = find_dataset(vault, dataset)
+        payload.update(dataset=d.name, dataset_version=d.version)
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise RecordValidationError("eval", "settings", "expected an object")
+        payload["settings"] = settings
+    return _record(vault, "eval", payload)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def lineage_tree(vault, ref) -> dict:
+    """A version with its ancestors (nested, with relations) and descendants, and each node's datasets.
+
+    Returns:
+        ``{"model", "version", "version_id", "datasets": [...], "bases": [{"relation", ...node}],
+        "derived": [{"relation", ...node}]}``; external bases have ``"ref"`` instead of a version.
+    """
+    r = vault.resolve(ref)
+    _, edges = vault.sql("SELECT child_id, base_id, base_ref, relation, run_id FROM version_edges")
+    _, names = vault.sql("SELECT version_id, model, version FROM versions")
+    _, links = vault.sql("SELECT l.version_id, l.dataset, l.dataset_version, l.role, d.license "
+                         "FROM version_datasets l LEFT JOIN datasets d "
+                         "ON d.name = l.dataset AND d.version = l.dataset_version ORDER BY 2, 3, 4")
+    name = {vid: (m, v) for vid, m, v in names}
+    data: dict[str, list] = {}
+    for vid, dname, dver, role, lic in links:
+        data.setdefault(vid, []).append({"dataset": dname, "dataset_version": dver, "role": role, "license": lic})
+
+    def node(vid, seen):
+        m, v = name.get(vid, (None, None))
+        return {"model": m, "version": v, "version_id": vid, "datasets": data.get(vid, []), **seen}
+
+    def up(vid, seen):
+        out = []
+        for child, base, base_ref, rel, run in sorted(edges, key=lambda e: (e[3], e[1] or "", e[2] or "")):
+            if child != vid:
+                continue
+            extra = {"relation": rel, **({"run_id": run} if run else {})}
+            if base is None:
+                out.append({"ref": base_ref, **extra})
+            elif base in seen:
+                out.append({**node(base, {}), **extra, "cycle": True})
+            else:
+                out.append({**node(base, {"bases": up(base, seen | {base})}), **extra})
+        return out
+
+    def down(vid, seen):
+        out = []
+        for child, base, _, rel, run in sorted(edges, key=lambda e: (name.get(e[0], ("", ""))[0] or "", e[3])):
+            if base != vid or child in seen:
+                continue
+            extra = {"relation": rel, **({"run_id": run} if run else {})}
+            out.append({**node(child, {"derived": down(child, seen | {child})}), **extra})
+        return out
+
+    root = r.manifest_id
+    return node(root, {"bases": up(root, {root}), "derived": down(root, {root})})
+
+
+def export_catalog(vault, folder) -> list[dict]:
+    """Write every catalog table (not views) to ``folder/<table>.parquet``; returns [{table, rows, path}]."""
+    from pathlib import Path
+
+    out_dir = Path(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with vault.catalog.read() as con:
+        tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'main' ORDER BY table_name").fetchall()]
+        done = []
+        for t in tables:
+            path = out_dir / f"{t}.parquet"
+            tmp = out_dir / f".{t}.parquet.tmp"
+            con.execute(f'COPY (SELECT * FROM "{t}") TO \'{_sql_str(tmp)}\' (FORMAT parquet)')
+            tmp.replace(path)
+            n = con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+            done.append({"table": t, "rows": n, "path": str(path)})
+    return done
+
+
+def _sql_str(path) -> str:
+    return str(path).replace("'", "''")
