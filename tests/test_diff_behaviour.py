@@ -1,0 +1,119 @@
+"""Behaviour diff: a tiny GPT-2 against itself and against a copy with one layer perturbed; MiniLM embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from diff_fixtures import PROMPTS, make_tiny_gpt2, perturb_layer, write_prompts  # noqa: E402
+
+from weightvault.vault import Vault  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gpt_store(tmp_path_factory):
+    """gpt@1 (random init, 3 layers) and gpt@2 (layer 1 perturbed), and a prompt file."""
+    tmp = tmp_path_factory.mktemp("gpt-diff")
+    orig = make_tiny_gpt2(tmp / "gpt")
+    changed = perturb_layer(orig, tmp / "gpt-perturbed", layer=1)
+    v = Vault.init(tmp / "store")
+    v.snapshot(orig, "gpt")
+    v.snapshot(tmp / "gpt-perturbed", "gpt")
+    return {"root": tmp / "store", "orig": orig, "perturbed": tmp / "gpt-perturbed", "changed": changed,
+            "prompts": write_prompts(tmp / "prompts.jsonl")}
+
+
+def test_version_against_itself_kl_zero_agreement_one_no_chunk_decoded_for_weights(gpt_store, cli):
+    r = cli("diff", "gpt@1", "gpt@1", "--prompts", gpt_store["prompts"], "--json", store=gpt_store["root"])
+    assert r.rc == 0, r
+    d = r.json()
+    assert {t["status"] for t in d["tensors"]} == {"same"}
+    assert d["summary"]["chunks_read"] == 0
+    b = d["behaviour"]
+    assert b["kind"] == "causal" and b["identical_versions"] is True and b["prompts"] == len(PROMPTS)
+    s = b["summary"]
+    assert s["kl_mean"] == 0 and s["kl_max"] == 0 and s["top1_agreement"] == 1
+    assert s["perplexity_a"] == s["perplexity_b"] and s["generations_differ"] == 0
+
+
+def test_two_separately_loaded_copies_agree_exactly(gpt_store):
+    import torch
+
+    from weightvault.diff_behaviour import compare_causal_prompt
+    from weightvault.teacher import load_teacher
+
+    v = Vault.open(gpt_store["root"])
+    a, b = load_teacher("gpt@1", device="cpu", vault=v), load_teacher("gpt@1", device="cpu", vault=v)
+    assert a.model is not b.model
+    ids = a.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    c = compare_causal_prompt(torch, a.model, b.model, ids)
+    assert c["kl"] == [0.0] * ids.shape[1] and all(c["top1"])
+
+
+def test_perturbed_layer_kl_positive_agreement_below_one_layer_on_top(gpt_store, cli):
+    r = cli("diff", "gpt@1", "gpt@2", "--prompts", gpt_store["prompts"], "--json", store=gpt_store["root"])
+    assert r.rc == 0, r
+    d = r.json()
+    assert {t["name"] for t in d["tensors"] if t["status"] == "changed"} == set(gpt_store["changed"])
+    assert d["layers"][0]["layer"] == "transformer.h.1" and d["layers"][0]["rel_l2"] > 0
+    assert all(x["rel_l2"] == 0 for x in d["layers"][1:])
+    b = d["behaviour"]
+    assert b["identical_versions"] is False
+    assert b["summary"]["kl_mean"] > 0 and b["summary"]["top1_agreement"] < 1
+    assert b["summary"]["positions"] == sum(r["tokens"] for r in b["per_prompt"])
+    worst = max(b["per_prompt"], key=lambda r: r["kl_mean"])
+    assert b["worst"][0] == worst["index"]
+    differ = [r for r in b["per_prompt"] if r["text_a"] != r["text_b"]]
+    assert b["summary"]["generations_differ"] == len(differ)
+
+
+def test_kl_and_perplexity_match_transformers_on_the_original_folders(gpt_store, cli):
+    """The figures agree with an independent computation from the folders, not the store."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    r = cli("diff", "gpt@1", "gpt@2", "--prompts", gpt_store["prompts"], "--json", "--max-new-tokens", "0",
+            store=gpt_store["root"])
+    b = r.json()["behaviour"]
+    tok = AutoTokenizer.from_pretrained(str(gpt_store["orig"]))
+    ma = GPT2LMHeadModel.from_pretrained(str(gpt_store["orig"])).eval()
+    mb = GPT2LMHeadModel.from_pretrained(str(gpt_store["perturbed"])).eval()
+    for row in b["per_prompt"]:
+        ids = tok(row["prompt"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            la, lb = ma(ids).logits[0].double(), mb(ids).logits[0].double()
+            loss_a = ma(ids, labels=ids).loss.item()
+        kl = torch.nn.functional.kl_div(lb.log_softmax(-1), la.log_softmax(-1), log_target=True,
+                                        reduction="none").sum(-1)
+        assert row["kl_per_position"] == pytest.approx(kl.tolist(), rel=1e-6, abs=1e-12)
+        assert row["top1_agreement"] == pytest.approx((la.argmax(-1) == lb.argmax(-1)).double().mean().item())
+        assert row["perplexity_a"] == pytest.approx(math.exp(loss_a), rel=1e-5)
+        assert row["text_a"] == ""
+
+
+def test_cli_text_shows_worst_prompts_and_generations(gpt_store, cli):
+    r = cli("diff", "gpt@1", "gpt@2", "--prompts", gpt_store["prompts"], store=gpt_store["root"])
+    assert r.rc == 0, r
+    assert "behaviour" in r.out and "worst prompts" in r.out and "transformer.h.1" in r.out
+
+
+def test_encoder_embeddings_cosine(tmp_path, minilm_dir, cli):
+    from weightvault.demo import make_finetune
+
+    v = Vault.init(tmp_path / "store")
+    v.snapshot(minilm_dir, "minilm")
+    make_finetune(minilm_dir, tmp_path / "ft", layers=(4, 5), scale=0.05)
+    v.snapshot(tmp_path / "ft", "minilm")
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:3])
+    same = cli("diff", "minilm@1", "minilm@1", "--prompts", prompts, "--json", store=tmp_path / "store").json()
+    assert same["behaviour"]["kind"] == "encoder"
+    assert all(r["cosine"] == pytest.approx(1.0, abs=1e-12) for r in same["behaviour"]["per_prompt"])
+    d = cli("diff", "minilm@1", "minilm@2", "--prompts", prompts, "--json", store=tmp_path / "store").json()
+    cos = [r["cosine"] for r in d["behaviour"]["per_prompt"]]
+    assert all(0.9 < c < 1.0 for c in cos)
+    assert d["behaviour"]["summary"]["cosine_min"] == min(cos)
+    assert d["behaviour"]["worst"][0] == cos.index(min(cos))
