@@ -48,7 +48,7 @@ def default_store_path() -> Path:
     """``$WEIGHTVAULT_STORE``, else ``$XDG_DATA_HOME/weightvault/store``, else ``~/.local/share/weightvault/store``."""
     env = os.environ.get("WEIGHTVAULT_STORE")
     if env:
-        return Path(env).expanduser()
+        return env if env.startswith("s3://") else Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "weightvault" / "store"
 
@@ -94,7 +94,11 @@ class Store:
     # -- lifecycle -----------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike) -> "Store":
+    def init(cls, path: str | os.PathLike, **options) -> "Store":
+        if str(path).startswith("s3://"):  # object storage: archive/s3.py (options: endpoint=)
+            from weightvault.archive import s3
+
+            return s3.open_store(cls, str(path), create=True, **options)
         root = Path(path).expanduser().absolute()
         backend = LocalBackend(root)
         if backend.has("config.json"):
@@ -108,7 +112,11 @@ class Store:
         return cls.open(root)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, create: bool = False) -> "Store":
+    def open(cls, path: str | os.PathLike, *, create: bool = False, **options) -> "Store":
+        if str(path).startswith("s3://"):
+            from weightvault.archive import s3
+
+            return s3.open_store(cls, str(path), create=create, **options)
         root = Path(path).expanduser().absolute()
         backend = LocalBackend(root)
         try:
@@ -117,6 +125,11 @@ class Store:
             if create:
                 return cls.init(root)
             raise StoreNotFoundError(str(root)) from None
+        return cls(root, backend, cls.parse_config(raw, str(root)))
+
+    @staticmethod
+    def parse_config(raw: bytes, root: str) -> dict:
+        """Validate a store's config.json; raise a typed error naming ``root`` when it is not one we read."""
         try:
             config = json.loads(raw)
             fmt = config["format"]
@@ -129,7 +142,7 @@ class Store:
             raise UnsupportedStoreVersionError(str(root), fmt, SUPPORTED_FORMATS)
         if config.get("hash") != ids.HASH_NAME:
             raise UnsupportedStoreVersionError(str(root), f"hash {config.get('hash')}", ids.HASH_NAME)
-        return cls(root, backend, config)
+        return config
 
     @property
     def chunk_size(self) -> int:

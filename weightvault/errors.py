@@ -313,3 +313,17 @@ class SignatureError(IntegrityError):
 class KeyFileError(InvalidInputError):
     default_hint = "create a key pair with `weightvault keygen KEYFILE`"
 
+
+# -- object storage (issue 8) ---------------------------------------------------
+
+
+class StoreUnavailableError(WeightvaultError):
+    """An object store did not answer, refused the credentials, or lacks the bucket (after retries)."""
+
+    exit_code = 10
+    default_hint = "check the endpoint (--endpoint or AWS_ENDPOINT_URL) and credentials, then rerun; committed versions are intact"
+
+    def __init__(self, url: str, reason: str, **kw):
+        super().__init__(f"object store {url}: {reason}", **kw)
+        self.url = url
+        self.reason = reason

@@ -1,0 +1,198 @@
+"""LeaseLock: the store-wide shared/exclusive lock for stores with no flock (object storage).
+
+Same interface as :class:`weightvault.archive.locking.FileLock` (``acquire``,
+``release``, ``held``), built from objects under ``locks/`` that carry a
+lease (an expiry time), written with conditional PUTs:
+
+- exclusive (gc, catalog rebuild): claim ``locks/exclusive`` with
+  ``If-None-Match: *`` (exactly one claimant wins), then wait until no
+  unexpired shared lease remains;
+- shared (snapshot, restore, verify): write ``locks/shared/<token>``, then
+  check that no unexpired exclusive claim exists (else withdraw and wait).
+  Either order of two racing clients ends with one waiting: the writer of a
+  shared lease re-checks after writing it, the exclusive claimant checks after
+  claiming.
+
+A holder renews its lease every ``ttl/3`` seconds from a daemon thread, so a
+long snapshot keeps it; a crashed holder's lease runs out after ``ttl``
+seconds and waiters then remove it as stale. Waiters name the holders (op,
+host, pid, age) when they give up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+from weightvault.archive.backend import Backend
+from weightvault.errors import LockBusyError
+
+DEFAULT_TTL = float(os.environ.get("WEIGHTVAULT_LEASE_TTL", "60"))
+EXCLUSIVE_KEY = "locks/exclusive"
+SHARED_PREFIX = "locks/shared/"
+
+
+class LeaseLock:
+    """A shared/exclusive lease lock on a backend, re-entrant per object and mode.
+
+    >>> # with LeaseLock(backend, "store s3://b/p").held(shared=False, op="gc"): ...
+    """
+
+    def __init__(self, backend: Backend, what: str, *, ttl: float = DEFAULT_TTL):
+        self.backend = backend
+        self.what = what
+        self.ttl = ttl
+        self._key: str | None = None
+        self._shared: bool | None = None
+        self._depth = 0
+        self._body: dict = {}
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    # -- records ---------------------------------------------------------------
+
+    def _record(self, op: str) -> dict:
+        now = time.time()
+        return {"host": socket.gethostname(), "pid": os.getpid(), "op": op, "since": now,
+                "expires": now + self.ttl, "token": secrets.token_hex(8)}
+
+    def _read(self, key: str) -> dict | None:
+        try:
+            return json.loads(self.backend.get(key))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {"expires": 0}  # unreadable: treat as stale
+
+    def _live_exclusive(self) -> dict | None:
+        rec = self._read(EXCLUSIVE_KEY)
+        if rec is None:
+            return None
+        if rec.get("expires", 0) < time.time():
+            self.backend.delete(EXCLUSIVE_KEY)  # stale: its holder stopped renewing
+            return None
+        return rec
+
+    def _live_shared(self, mine: str | None = None) -> list[dict]:
+        out = []
+        for info in self.backend.list(SHARED_PREFIX):
+            if info.key == mine:
+                continue
+            rec = self._read(info.key)
+            if rec is None:
+                continue
+            if rec.get("expires", 0) < time.time():
+                self.backend.delete(info.key)
+                continue
+            out.append(rec)
+        return out
+
+    @staticmethod
+    def _describe(recs) -> str:
+        now = time.time()
+        return ", ".join(f"{r.get('op', '?')} (pid {r.get('pid')} on {r.get('host')}, {now - r.get('since', now):.0f}s)"
+                         for r in recs) or "another process"
+
+    # -- acquire / release -----------------------------------------------------
+
+    def acquire(self, *, shared: bool, timeout: float | None = None, op: str = "") -> None:
+        with self._guard:
+            if self._depth:
+                if not shared and self._shared:
+                    raise RuntimeError(f"cannot upgrade the {self.what} lock from shared to exclusive")
+                self._depth += 1
+                return
+        from weightvault.archive.locking import DEFAULT_TIMEOUT
+
+        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+        rec = self._record(op or ("shared" if shared else "exclusive"))
+        key = self._acquire_shared(rec, deadline) if shared else self._acquire_exclusive(rec, deadline)
+        with self._guard:
+            self._key, self._shared, self._depth, self._body = key, shared, 1, rec
+        self._start_renewer()
+
+    def _wait(self, deadline: float, delay: float, holders) -> float:
+        if time.monotonic() >= deadline:
+            raise LockBusyError(self.what, self._describe(holders))
+        time.sleep(delay)
+        return min(delay * 2, 2.0)
+
+    def _acquire_shared(self, rec: dict, deadline: float) -> str:
+        key = f"{SHARED_PREFIX}{rec['host']}-{rec['pid']}-{rec['token']}"
+        delay = 0.05
+        while True:
+            ex = self._live_exclusive()
+            if ex is None:
+                self.backend.put(key, json.dumps(rec).encode())
+                ex = self._live_exclusive()  # an exclusive claim may have landed meanwhile
+                if ex is None:
+                    return key
+                self.backend.delete(key)
+            delay = self._wait(deadline, delay, [ex])
+
+    def _acquire_exclusive(self, rec: dict, deadline: float) -> str:
+        delay = 0.05
+        while True:
+            if self.backend.put(EXCLUSIVE_KEY, json.dumps(rec).encode(), exclusive=True):
+                break
+            ex = self._live_exclusive()
+            if ex is not None:
+                delay = self._wait(deadline, delay, [ex])
+        # Claimed: new shared holders now back off; wait for the current ones to finish.
+        delay = 0.05
+        try:
+            while True:
+                holders = self._live_shared()
+                if not holders:
+                    return EXCLUSIVE_KEY
+                self._renew_now(EXCLUSIVE_KEY, rec)
+                delay = self._wait(deadline, delay, holders)
+        except BaseException:
+            self.backend.delete(EXCLUSIVE_KEY)
+            raise
+
+    def _renew_now(self, key: str, rec: dict) -> None:
+        rec["expires"] = time.time() + self.ttl
+        self.backend.put(key, json.dumps(rec).encode())
+
+    def _start_renewer(self) -> None:
+        self._stop.clear()
+
+        def loop():
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    self._renew_now(self._key, self._body)
+                except Exception:  # a missed renewal is retried next period; the lease has 2/3 ttl left
+                    pass
+
+        self._renewer = threading.Thread(target=loop, name="wv-lease", daemon=True)
+        self._renewer.start()
+
+    def release(self) -> None:
+        with self._guard:
+            if not self._depth:
+                return
+            self._depth -= 1
+            if self._depth:
+                return
+            key, self._key, self._shared = self._key, None, None
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(5)
+            self._renewer = None
+        if key:
+            self.backend.delete(key)
+
+    @contextmanager
+    def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):
+        self.acquire(shared=shared, timeout=timeout, op=op)
+        try:
+            yield self
+        finally:
+            self.release()

@@ -1,0 +1,515 @@
+"""Packs: many chunks per object, for object stores (restic packs, Hugging Face Xet xorbs).
+
+One PUT per 4 MiB chunk costs a request per chunk and pays per-request latency;
+:class:`PackedBackend` wraps another backend and aggregates new chunk
+containers into **pack** objects of ``target_size`` (32 MiB by default) plus a
+small **pack index** object, and serves chunk reads with one ranged GET each.
+The key namespace seen by Store is unchanged: ``chunks/ab/ab12…`` keys are
+mapped through the index; every other key passes straight through.
+
+Layout (docs/design.md, "Object storage and packs")::
+
+    packs/ab/<pack id>      concatenated chunk containers; pack id = BLAKE3 of the pack bytes
+    packidx/ab/<pack id>    JSON {"format": 1, "pack": id, "chunks": [[chunk id, offset, length], ...]}
+
+Write order: the pack, then its index. A chunk is visible (``has``/``get``)
+only once its pack's index is stored, so a crash leaves at most a pack without
+an index (swept by :func:`sweep_packs`). Any PUT of a non-chunk key (manifest,
+ref, event, config) first :meth:`PackedBackend.flush` es the open pack and waits
+for every in-flight pack upload: the store's write order chunks -> manifest ->
+ref holds with no change to the snapshot code.
+
+Packs are uploaded on a background pool (``upload_workers`` in flight), so
+hashing and compressing continue while a pack is on the wire.
+
+GC API (for archive/gc.py and ``weightvault gc`` on a packed store):
+- :func:`pack_usage` (which packs hold live / dead chunks and how many bytes),
+- :func:`sweep_packs` (drop packs whose chunks are all unreferenced, and packs with no index),
+- :func:`repack` (rewrite partly-live packs so that their dead bytes are freed).
+Deleting one chunk key (``Backend.delete``) also works: it rewrites that pack's
+index without the chunk, and drops the pack when its index becomes empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.archive import ids
+from weightvault.archive.backend import Backend, ObjectInfo
+from weightvault.errors import StoreFormatError
+
+PACK_FORMAT = 1
+DEFAULT_TARGET_SIZE = 32 << 20  # tens of MB: ~32 PUTs per GB, small enough to buffer a few in memory
+CHUNK_PREFIX = "chunks/"
+PACK_PREFIX = "packs/"
+INDEX_PREFIX = "packidx/"
+
+
+def pack_key(pack_id: str) -> str:
+    return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def index_key(pack_id: str) -> str:
+    return f"{INDEX_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def _chunk_id(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where one chunk lives.
+
+    Attributes:
+        pack_id: the pack holding it.
+        offset: its container's first byte in the pack.
+        length: its container's size.
+        mtime: when the pack's index was written (GC grace uses it).
+    """
+
+    pack_id: str
+    offset: int
+    length: int
+    mtime: float
+
+
+@dataclass
+class _OpenPack:
+    parts: list = field(default_factory=list)
+    entries: dict = field(default_factory=dict)  # chunk id -> (offset, length)
+    data: dict = field(default_factory=dict)  # chunk id -> container bytes
+    size: int = 0
+
+
+def encode_index(pack_id: str, entries: dict[str, tuple[int, int]]) -> bytes:
+    rows = sorted([cid, off, n] for cid, (off, n) in entries.items())
+    return json.dumps({"format": PACK_FORMAT, "pack": pack_id, "chunks": rows}, separators=(",", ":")).encode()
+
+
+def decode_index(data: bytes, key: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Parse a pack index; raise StoreFormatError naming ``key`` when it is not one."""
+    try:
+        d = json.loads(data)
+        if d.get("format") != PACK_FORMAT:
+            raise ValueError(f"unsupported pack index format {d.get('format')}")
+        pid = ids.check_id(d["pack"])
+        return pid, {ids.check_id(c): (int(o), int(n)) for c, o, n in d["chunks"]}
+    except Exception as e:
+        raise StoreFormatError(f"pack index {key} is unreadable ({e})", hint="run `weightvault verify`") from None
+
+
+class PackedBackend(Backend):
+    """A backend that stores ``chunks/`` keys in packs on ``inner``.
+
+    Args:
+        inner: where packs, indexes and all other objects go (an S3Backend).
+        cache: local folder for downloaded pack indexes (None: no cache).
+        target_size: seal a pack once it holds this many bytes.
+        upload_workers: packs uploaded in parallel.
+
+    >>> # b = PackedBackend(S3Backend(loc), cache=Path("~/.cache/wv/idx"))
+    >>> # b.put("chunks/ab/ab12...", container); b.flush()
+    """
+
+    def __init__(self, inner: Backend, *, cache: Path | None = None, target_size: int = DEFAULT_TARGET_SIZE,
+                 upload_workers: int = 4):
+        self.inner = inner
+        self.cache = Path(cache) if cache else None
+        self.target_size = target_size
+        self.upload_workers = upload_workers
+        self._lock = threading.RLock()
+        self._index: dict[str, PackEntry] = {}
+        self._packs: dict[str, dict[str, tuple[int, int]]] = {}  # pack id -> its entries
+        self._loaded: dict[str, tuple[int, float]] = {}  # index key -> (size, mtime) as listed
+        self._open = _OpenPack()
+        self._sealed: dict[str, bytes] = {}  # chunk id -> container, while its pack uploads
+        self._inflight: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._refreshed_at = 0.0
+        self.requests = {"pack_put": 0, "index_put": 0, "range_get": 0}
+
+    def __repr__(self) -> str:
+        return f"PackedBackend({self.inner!r})"
+
+    # -- index ---------------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Load pack indexes written since the last refresh (by any machine); returns how many."""
+        listed = {i.key: i for i in self.inner.list(INDEX_PREFIX)}
+        n = 0
+        with self._lock:
+            for key in [k for k in self._loaded if k not in listed]:  # dropped by GC elsewhere
+                self._forget(_chunk_id(key))
+                del self._loaded[key]
+            for key, info in listed.items():
+                if self._loaded.get(key) == (info.size, info.mtime):
+                    continue
+                pid, entries = self._read_index(key, info)
+                self._forget(pid)
+                self._install(pid, entries, info.mtime)
+                self._loaded[key] = (info.size, info.mtime)
+                n += 1
+            self._refreshed_at = time.monotonic()
+        return n
+
+    def _read_index(self, key: str, info: ObjectInfo):
+        cached = self.cache / _chunk_id(key) if self.cache else None
+        if cached is not None:
+            try:
+                data = cached.read_bytes()
+                if len(data) == info.size:
+                    return decode_index(data, key)
+            except OSError:
+                pass
+        data = self.inner.get(key)
+        out = decode_index(data, key)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        return out
+
+    def _install(self, pid: str, entries: dict, mtime: float) -> None:
+        self._packs[pid] = dict(entries)
+        for cid, (off, n) in entries.items():
+            self._index[cid] = PackEntry(pid, off, n, mtime)
+
+    def _forget(self, pid: str) -> None:
+        for cid in self._packs.pop(pid, {}):
+            e = self._index.get(cid)
+            if e is not None and e.pack_id == pid:
+                del self._index[cid]
+
+    def _ensure_loaded(self) -> None:
+        if not self._refreshed_at:
+            self.refresh()
+
+    def lookup(self, chunk_id: str, *, refresh: bool = True) -> PackEntry | None:
+        """Where ``chunk_id`` lives; refreshes the index once on a miss (another machine may have written it)."""
+        self._ensure_loaded()
+        e = self._index.get(chunk_id)
+        if e is None and refresh:
+            self.refresh()
+            e = self._index.get(chunk_id)
+        return e
+
+    def pack_entries(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """pack id -> {chunk id: (offset, length)} for every indexed pack."""
+        self._ensure_loaded()
+        with self._lock:
+            return {p: dict(e) for p, e in self._packs.items()}
+
+    # -- writing -------------------------------------------------------------
+
+    def _pool_get(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.upload_workers, thread_name_prefix="wv-pack")
+        return self._pool
+
+    def put(self, key: str, data, *, exclusive: bool = False) -> bool:
+        if not key.startswith(CHUNK_PREFIX):
+            self.flush()  # write order: every chunk before the manifest/ref/event that may name it
+            return self.inner.put(key, data, exclusive=exclusive)
+        cid = _chunk_id(key)
+        data = bytes(data)
+        with self._lock:
+            if cid in self._open.entries or cid in self._sealed or cid in self._index:
+                return not exclusive
+            op = self._open
+            op.entries[cid] = (op.size, len(data))
+            op.parts.append(data)
+            op.data[cid] = data
+            op.size += len(data)
+            full = op.size >= self.target_size
+        if full:
+            self._seal()
+        return True
+
+    def _seal(self) -> None:
+        """Close the open pack and start its upload; bounds memory by waiting when too many are in flight."""
+        with self._lock:
+            op, self._open = self._open, _OpenPack()
+            if not op.entries:
+                return
+            self._sealed.update(op.data)  # keep readable until the index is stored
+            fut = self._pool_get().submit(self._upload, op)
+            self._inflight.append(fut)
+            backlog = [f for f in self._inflight if not f.done()]
+        while len(backlog) > self.upload_workers:
+            backlog.pop(0).result()
+
+    def _upload(self, op: _OpenPack) -> str:
+        blob = b"".join(op.parts)
+        pid = ids.content_id(blob)
+        try:
+            self.inner.put(pack_key(pid), blob)
+            self.requests["pack_put"] += 1
+            self.inner.put(index_key(pid), encode_index(pid, op.entries))
+            self.requests["index_put"] += 1
+            with self._lock:
+                self._install(pid, op.entries, time.time())
+        finally:
+            with self._lock:
+                for cid in op.entries:
+                    self._sealed.pop(cid, None)
+        return pid
+
+    def flush(self) -> None:
+        """Seal the open pack and wait until every pack and index is stored; re-raise the first upload error."""
+        self._seal()
+        with self._lock:
+            pending, self._inflight = self._inflight, []
+        err = None
+        for f in pending:
+            try:
+                f.result()
+            except BaseException as e:  # wait for all, then report the first
+                err = err or e
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        self.flush()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- reading -------------------------------------------------------------
+
+    def _pending_bytes(self, cid: str) -> bytes | None:
+        """A chunk not yet in a stored pack (open or uploading), so a writer reads its own writes."""
+        with self._lock:
+            if cid in self._open.entries:
+                return self._open.data[cid]
+            return self._sealed.get(cid)
+
+    def get(self, key: str) -> bytes:
+        if not key.startswith(CHUNK_PREFIX):
+            return self.inner.get(key)
+        cid = _chunk_id(key)
+        pending = self._pending_bytes(cid)
+        if pending is not None:
+            return pending
+        e = self.lookup(cid)
+        if e is None:
+            raise FileNotFoundError(key)
+        self.requests["range_get"] += 1
+        # A short read (truncated pack) is returned as is: the hash check above names the chunk.
+        return self.inner.get_range(pack_key(e.pack_id), e.offset, e.length)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if not key.startswith(CHUNK_PREFIX):
+            return self.inner.get_range(key, start, length)
+        pending = self._pending_bytes(_chunk_id(key))
+        if pending is not None:
+            return pending[start : start + length]
+        e = self.lookup(_chunk_id(key))
+        if e is None:
+            raise FileNotFoundError(key)
+        start = max(0, min(start, e.length))
+        length = max(0, min(length, e.length - start))
+        self.requests["range_get"] += 1
+        return self.inner.get_range(pack_key(e.pack_id), e.offset + start, length)
+
+    def has(self, key: str) -> bool:
+        if not key.startswith(CHUNK_PREFIX):
+            return self.inner.has(key)
+        cid = _chunk_id(key)
+        with self._lock:
+            if cid in self._open.entries or cid in self._sealed:
+                return True
+        # No refresh on a miss: has() is the dedup probe, and a chunk another machine
+        # stored meanwhile is at worst stored twice (in two packs), never lost.
+        self._ensure_loaded()
+        return cid in self._index
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        if not key.startswith(CHUNK_PREFIX):
+            return self.inner.stat(key)
+        pending = self._pending_bytes(_chunk_id(key))
+        if pending is not None:
+            return ObjectInfo(key, len(pending), time.time())
+        e = self.lookup(_chunk_id(key))
+        return None if e is None else ObjectInfo(key, e.length, e.mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if prefix.startswith(CHUNK_PREFIX) or CHUNK_PREFIX.startswith(prefix):
+            self.refresh()
+            with self._lock:
+                rows = sorted((f"{CHUNK_PREFIX}{cid[:2]}/{cid}", e) for cid, e in self._index.items())
+            for key, e in rows:
+                if key.startswith(prefix):
+                    yield ObjectInfo(key, e.length, e.mtime)
+            if prefix.startswith(CHUNK_PREFIX):
+                return
+        yield from self.inner.list(prefix)
+
+    def delete(self, key: str) -> bool:
+        if not key.startswith(CHUNK_PREFIX):
+            return self.inner.delete(key)
+        cid = _chunk_id(key)
+        e = self.lookup(cid, refresh=False)
+        if e is None:
+            return False
+        with self._lock:
+            entries = dict(self._packs.get(e.pack_id, {}))
+        entries.pop(cid, None)
+        self._rewrite_index(e.pack_id, entries)
+        return True
+
+    def _rewrite_index(self, pid: str, entries: dict) -> None:
+        """Replace a pack's index by ``entries``; with none left, drop index then pack."""
+        if entries:
+            self.inner.put(index_key(pid), encode_index(pid, entries))
+            with self._lock:
+                self._forget(pid)
+                self._install(pid, entries, time.time())
+        else:
+            self.inner.delete(index_key(pid))
+            with self._lock:
+                self._forget(pid)
+                self._loaded.pop(index_key(pid), None)
+            self.inner.delete(pack_key(pid))
+
+    def touch(self, key: str) -> None:
+        if not key.startswith(CHUNK_PREFIX):
+            self.inner.touch(key)
+
+
+# -- GC support -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    """How much of a pack is still referenced.
+
+    Attributes:
+        pack_id: the pack.
+        live: chunk ids in it that are referenced.
+        dead: chunk ids in it that are not.
+        live_bytes, dead_bytes: their stored sizes.
+        mtime: when its index was last written.
+    """
+
+    pack_id: str
+    live: tuple[str, ...]
+    dead: tuple[str, ...]
+    live_bytes: int
+    dead_bytes: int
+    mtime: float
+
+    @property
+    def live_fraction(self) -> float:
+        total = self.live_bytes + self.dead_bytes
+        return self.live_bytes / total if total else 0.0
+
+
+def pack_usage(backend: PackedBackend, live_chunks: set[str]) -> list[PackUsage]:
+    """Classify every pack's chunks as live or dead.
+
+    Args:
+        backend: the packed backend.
+        live_chunks: every referenced chunk id (GC's mark set, delta bases included).
+    Returns:
+        One PackUsage per indexed pack, sorted by pack id.
+    """
+    backend.refresh()
+    out = []
+    for pid, entries in sorted(backend.pack_entries().items()):
+        live = tuple(sorted(c for c in entries if c in live_chunks))
+        dead = tuple(sorted(c for c in entries if c not in live_chunks))
+        mtime = backend._index[live[0] if live else dead[0]].mtime if entries else 0.0
+        out.append(PackUsage(pid, live, dead, sum(entries[c][1] for c in live),
+                             sum(entries[c][1] for c in dead), mtime))
+    return out
+
+
+@dataclass
+class PackGcReport:
+    """What sweep_packs/repack did (or would do with dry_run).
+
+    Attributes:
+        packs_dropped: packs deleted because none of their chunks is referenced.
+        packs_repacked: partly-live packs rewritten.
+        orphans_dropped: packs that had no index (a crashed upload).
+        chunks_dropped: unreferenced chunks no longer stored.
+        bytes_freed: stored bytes freed.
+    """
+
+    packs_dropped: list[str] = field(default_factory=list)
+    packs_repacked: list[str] = field(default_factory=list)
+    orphans_dropped: list[str] = field(default_factory=list)
+    chunks_dropped: int = 0
+    bytes_freed: int = 0
+
+
+def sweep_packs(backend: PackedBackend, live_chunks: set[str], *, grace_s: float = 3600.0,
+                dry_run: bool = False, now: float | None = None) -> PackGcReport:
+    """Drop packs none of whose chunks is referenced, and index-less packs, older than ``grace_s``.
+
+    Call under the store's exclusive lock, after marking (``live_chunks``).
+
+    >>> # sweep_packs(store.backend, marked, grace_s=3600)
+    """
+    now = time.time() if now is None else now
+    rep = PackGcReport()
+    for u in pack_usage(backend, live_chunks):
+        if not u.live and now - u.mtime >= grace_s:
+            rep.packs_dropped.append(u.pack_id)
+            rep.chunks_dropped += len(u.dead)
+            rep.bytes_freed += u.dead_bytes
+            if not dry_run:
+                backend._rewrite_index(u.pack_id, {})
+    indexed = set(backend.pack_entries())
+    for info in list(backend.inner.list(PACK_PREFIX)):
+        pid = _chunk_id(info.key)
+        if pid not in indexed and ids.is_id(pid) and now - info.mtime >= grace_s:
+            rep.orphans_dropped.append(pid)
+            rep.bytes_freed += info.size
+            if not dry_run:
+                backend.inner.delete(info.key)
+    return rep
+
+
+def repack(backend: PackedBackend, live_chunks: set[str], *, max_live_fraction: float = 0.5,
+           grace_s: float = 3600.0, dry_run: bool = False, now: float | None = None) -> PackGcReport:
+    """Rewrite packs whose live fraction is at most ``max_live_fraction``, freeing their dead bytes.
+
+    The live chunks are copied into new packs (pack, then index), and only then
+    are the old index and old pack deleted: at every moment each live chunk is
+    reachable through some index, so a crash mid-repack loses nothing (a rerun
+    finds the chunk in two packs and drops the older one).
+
+    Returns:
+        PackGcReport with ``packs_repacked`` and the bytes freed.
+    """
+    now = time.time() if now is None else now
+    rep = PackGcReport()
+    todo = [u for u in pack_usage(backend, live_chunks)
+            if u.live and u.dead and u.live_fraction <= max_live_fraction and now - u.mtime >= grace_s]
+    for u in todo:
+        rep.packs_repacked.append(u.pack_id)
+        rep.chunks_dropped += len(u.dead)
+        rep.bytes_freed += u.dead_bytes
+        if dry_run:
+            continue
+        entries = backend.pack_entries()[u.pack_id]
+        blob = backend.inner.get(pack_key(u.pack_id))
+        with backend._lock:  # let put() store them again: they must land in a new pack
+            for cid in u.live:
+                backend._index.pop(cid, None)
+        for cid in u.live:
+            off, n = entries[cid]
+            backend.put(f"{CHUNK_PREFIX}{cid[:2]}/{cid}", blob[off : off + n])
+        backend.flush()
+        backend._rewrite_index(u.pack_id, {})
+    return rep
