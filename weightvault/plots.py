@@ -85,7 +85,7 @@ def histogram(values, *, title: str, bins: int = 20, log10: bool = True, x_label
     for x in xs:
         counts[min(bins - 1, int((x - lo) / (hi - lo) * bins))] += 1
     pad_l, pad_b, top = 40, 40, 30
-    pw, ph = width - pad_l - 10, height - top - pad_b
+    pw, ph = width - pad_l - 40, height - top - pad_b
     cmax = max(counts) or 1
     note = f" ({left_out} zero or undefined left out)" if left_out else ""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" width="{width}" '

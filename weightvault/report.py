@@ -31,6 +31,8 @@ MAX_ROWS = 500  # a page stays readable; --json has every tensor
 
 
 def _num(x, digits: int = 4) -> str:
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     if isinstance(x, bool):
@@ -60,6 +62,17 @@ def _table(columns, rows, numeric=()) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def rel_change(t: dict):
+    """A tensor's ||B-A||/||A|| for display: inf when A is all zeros and B is not (JSON holds None)."""
+    if t.get("rel_l2") is None and (t.get("l2_diff") or 0) > 0:
+        return math.inf
+    return t.get("rel_l2")
+
+
+def layer_max_rel(x: dict):
+    return math.inf if x.get("max_rel_l2") is None and x.get("changed") else x.get("max_rel_l2")
+
+
 def _shape(s) -> str:
     return "x".join(map(str, s)) if s is not None else "-"
 
@@ -82,16 +95,16 @@ def _weights_section(d: dict) -> list[str]:
                                x_label="||B-A|| / ||A|| (log scale)", css_class="plot plot-hist"))
     out.append("<h3>Layers, most changed first</h3>")
     out.append(_table(["layer", "tensors", "changed", "structural", "rel_l2", "max_rel_l2", "max_abs_diff"],
-                      [(x["layer"], x["tensors"], x["changed"], x["structural"], x["rel_l2"], x["max_rel_l2"],
+                      [(x["layer"], x["tensors"], x["changed"], x["structural"], x["rel_l2"], layer_max_rel(x),
                         x["max_abs_diff"]) for x in d["layers"]],
                       numeric={"tensors", "changed", "structural", "rel_l2", "max_rel_l2", "max_abs_diff"}))
     diffs = [t for t in d["tensors"] if t["status"] != "same"]
-    diffs.sort(key=lambda t: -(t["rel_l2"] if t["rel_l2"] is not None else math.inf))
+    diffs.sort(key=lambda t: -(rel_change(t) if rel_change(t) is not None else math.inf))
     out.append(f"<h3>Tensors that differ ({len(diffs)}; {s['same']} same not listed)</h3>")
     out.append(_table(
         ["name", "status", "dtype", "shape", "rel_l2", "cosine", "max_abs_diff", "frac_changed"],
         [(t["name"], t["status"], _pair(t["dtype_a"], t["dtype_b"]),
-          _pair(_shape(t["shape_a"]), _shape(t["shape_b"])), t["rel_l2"], t["cosine"], t["max_abs_diff"],
+          _pair(_shape(t["shape_a"]), _shape(t["shape_b"])), rel_change(t), t["cosine"], t["max_abs_diff"],
           t["frac_changed"]) for t in diffs[:MAX_ROWS]],
         numeric={"rel_l2", "cosine", "max_abs_diff", "frac_changed"}))
     files = [f for f in d.get("files", []) if f["status"] != "same"]
