@@ -115,8 +115,15 @@ class Vault:
             h = hub.fetch(source, exclude=tuple(kw.get("exclude", ())))
             source, kw["files"] = h.folder, list(h.files)
             kw.setdefault("source_info", h.source_info)
+        convert = kw.pop("convert_pickle", False)
         with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"snapshot {model}"):
-            result = snapshot(self.store, source, model, **kw)
+            if convert:  # pickles -> scanned, weights_only load, safetensors (archive/pickle_convert.py)
+                from weightvault.archive.pickle_convert import converted
+
+                with converted(source, kw) as ckw:
+                    result = snapshot(self.store, source, model, **ckw)
+            else:
+                result = snapshot(self.store, source, model, **kw)
         self.catalog.sync(chunk_info=result.stats.new_chunk_info)
         return result
 

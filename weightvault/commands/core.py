@@ -20,6 +20,9 @@ def register(sub, common):
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--message", "-m", default="", help="a note on this version")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
+    p.add_argument("--convert-pickle", action="store_true",
+                   help="convert .bin/.pt/.pth/.ckpt checkpoints to safetensors (static allowlist scan, then "
+                        "torch.load weights_only=True); without it they are refused")
     from weightvault.commands.provenance import add_snapshot_options, cmd_catalog_export
 
     add_snapshot_options(p)  # --base-model, --relation, --dataset
@@ -147,7 +150,8 @@ def cmd_snapshot(args):
     extras = snapshot_extras(v, args)  # lineage and dataset links, checked before anything is written
     with progress_bar(f"snapshot {args.model}", enabled=not args.json) as bar:
         res = v.snapshot(args.path, args.model, **extras, version=args.version, parent=args.parent,
-                         tags=tuple(args.tag), message=args.message, exclude=tuple(args.exclude), progress=bar)
+                         tags=tuple(args.tag), message=args.message, exclude=tuple(args.exclude), progress=bar,
+                         convert_pickle=args.convert_pickle)
     if args.json:
         print_json(snapshot_summary(res))
     else:
