@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "weightvault.commands.core",
     "weightvault.commands.provenance",
     "weightvault.commands.reliability",
+    "weightvault.commands.teacher",
     "weightvault.commands.diff",
 ]
 
@@ -72,12 +73,15 @@ class _WarningHandler(logging.Handler):
 
 
 def _report(err) -> int:
+    from rich.markup import escape
+
     from weightvault._ui import err_console
 
-    line = f"[bold red]error:[/] {err}"
+    # escape: messages carry brackets ("pip install 'weightvault[teacher]'") that are not markup
+    line = f"[bold red]error:[/] {escape(str(err))}"
     hint = getattr(err, "hint", "")
     if hint:
-        line += f" [dim]→[/] {hint}"
+        line += f" [dim]→[/] {escape(hint)}"
     err_console().print(line, soft_wrap=True, markup=True, highlight=False)
     return getattr(err, "exit_code", 1)
 

@@ -20,6 +20,8 @@ def register(sub, common):
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--message", "-m", default="", help="a note on this version")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
+    p.add_argument("--distilled-from", metavar="RUN",
+                   help="record a 'distilled' lineage edge to the teacher of distillation run RUN")
     p.add_argument("--convert-pickle", action="store_true",
                    help="convert .bin/.pt/.pth/.ckpt checkpoints to safetensors (static allowlist scan, then "
                         "torch.load weights_only=True); without it they are refused")
@@ -148,6 +150,10 @@ def cmd_snapshot(args):
     v = open_vault(args)
     args.model = args.model or _default_model(args.path)
     extras = snapshot_extras(v, args)  # lineage and dataset links, checked before anything is written
+    if args.distilled_from:  # the distilled edge from a recorded run (weightvault/distill.py)
+        from weightvault.distill import lineage_edge
+
+        extras["lineage"] = tuple(extras.get("lineage", ())) + (lineage_edge(v, args.distilled_from),)
     with progress_bar(f"snapshot {args.model}", enabled=not args.json) as bar:
         res = v.snapshot(args.path, args.model, **extras, version=args.version, parent=args.parent,
                          tags=tuple(args.tag), message=args.message, exclude=tuple(args.exclude), progress=bar,

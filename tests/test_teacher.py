@@ -1,0 +1,274 @@
+"""Teacher reload and distillation: a tiny GPT-2 trained in the test, and the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import store_snapshot_state, write_model, toy_tensors
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from teacher_models import make_tiny_gpt2  # noqa: E402
+
+from weightvault import distill, distill_drift  # noqa: E402
+from weightvault.distill_gen import DistillSettings  # noqa: E402
+from weightvault.teacher import load_teacher  # noqa: E402
+
+PROMPTS = ["the vault", "a teacher answers", "history", "the catalog knows which student", "distillation"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "tiny-gpt2")
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": t}) if i % 2 == 0 else json.dumps({"text": t}) for i, t in enumerate(PROMPTS)]
+    p.write_text("\n".join(lines) + "\n\n")
+    return p
+
+
+@pytest.fixture
+def gpt2_vault(vault, gpt2_dir):
+    vault.snapshot(gpt2_dir, "tiny-gpt2")
+    return vault
+
+
+def _catalog_and_events(vault) -> tuple:
+    _, runs = vault.sql("SELECT count(*) FROM distill_runs")
+    return runs[0][0], sorted(vault.store.list_event_ids()), sorted(r.model for r in vault.store.list_refs())
+
+
+# -- load ------------------------------------------------------------------------
+
+
+def test_load_teacher_matches_from_pretrained_exactly(gpt2_vault, gpt2_dir):
+    teacher = load_teacher("tiny-gpt2@1", device="cpu", vault=gpt2_vault)
+    model, tok = teacher  # unpacks like a tuple
+    assert teacher.kind == "causal-lm" and teacher.device == "cpu" and teacher.dtype == "float32"
+    assert teacher.manifest_id == gpt2_vault.resolve("tiny-gpt2@1").manifest_id
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as in the original
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(gpt2_dir)).eval()
+    ids = tok(["the vault keeps", "a"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, ref(**ids).logits)
+    for name, p in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[name], p), name
+
+
+def test_sharded_bf16_checkpoint_loads_bit_exact(vault, tmp_path, gpt2_dir):
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(gpt2_dir), dtype=torch.bfloat16)
+    folder = tmp_path / "bf16"
+    ref.save_pretrained(str(folder), max_shard_size="20KB")
+    for f in gpt2_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            (folder / f.name).write_bytes(f.read_bytes())
+    assert (folder / "model.safetensors.index.json").exists()
+    vault.snapshot(folder, "tiny-bf16")
+    model, _ = load_teacher("tiny-bf16", device="cpu", vault=vault)  # fp32 on CPU: bf16 bit patterns upcast
+    assert next(model.parameters()).dtype == torch.float32
+    for name, p in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[name], p.float()), name
+    kept, _ = load_teacher("tiny-bf16", device="cpu", dtype="bfloat16", vault=vault)
+    assert all(torch.equal(kept.state_dict()[n], p) for n, p in ref.state_dict().items())
+
+
+# -- distill and rerun -------------------------------------------------------------
+
+
+def test_distill_then_rerun_reproduces_exactly_on_cpu(gpt2_vault, gpt2_dir, prompts_file, tmp_path, cli):
+    out = tmp_path / "out.parquet"
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 8,
+            "--top-k", 5, "--batch-size", 2, "--device", "cpu", "--json")
+    assert r.rc == 0, r
+    res = r.json()
+    assert res["rows"] == len(PROMPTS) and res["complete"] and res["device"] == "cpu"
+    table = pq.read_table(str(out))
+    assert table.schema.field("topk_ids").type.value_type == "int32"
+    assert str(table.schema.field("topk_logprobs").type.value_type) == "halffloat"
+    rows = table.to_pylist()
+    assert [row["prompt"] for row in rows] == PROMPTS and [row["row"] for row in rows] == list(range(5))
+
+    # The stored data is exactly what plain transformers computes on the original folder.
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(gpt2_dir)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(gpt2_dir))
+    for row in rows:
+        n = len(row["completion_ids"])
+        assert len(row["topk_ids"]) == len(row["topk_logprobs"]) == 5 * n
+        assert row["prompt_ids"] == tok(row["prompt"])["input_ids"]
+        with torch.no_grad():
+            plain = ref.generate(torch.tensor([row["prompt_ids"]]), max_new_tokens=8, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)[0, len(row["prompt_ids"]):].tolist()
+        assert row["completion_ids"] == plain[:n]
+        assert row["finish_reason"] == ("eos" if row["completion_ids"][-1] == tok.eos_token_id else "length")
+        with torch.no_grad():
+            lp = torch.log_softmax(ref(torch.tensor([row["prompt_ids"] + row["completion_ids"]])).logits[0], -1)
+        P = len(row["prompt_ids"])
+        want_v, want_i = lp[P - 1: P - 1 + n].topk(5, dim=-1)
+        assert np.array_equal(np.array(row["topk_ids"]).reshape(n, 5), want_i.numpy())
+        np.testing.assert_allclose(np.array(row["topk_logprobs"], np.float32).reshape(n, 5), want_v.numpy(),
+                                   atol=2e-2, rtol=1e-3)  # float16 storage
+
+    # The recipe is in the catalog, and the prompts come back from the store byte for byte.
+    cols, got = gpt2_vault.sql("SELECT * EXCLUDE (created_at) FROM distill_runs WHERE run_id = ?", [res["run_id"]])
+    rec = dict(zip(cols, got[0]))
+    assert rec["teacher_id"] == gpt2_vault.resolve("tiny-gpt2@1").manifest_id
+    assert rec["prompt_count"] == 5 and rec["top_k"] == 5 and rec["max_new_tokens"] == 8 and rec["seed"] == 0
+    assert rec["output_rows"] == 5 and rec["output_sha256"] == distill.file_sha256(out) and rec["complete"]
+    assert rec["torch_version"] == torch.__version__ and rec["transformers_version"] == transformers.__version__
+    assert gpt2_vault.read_file(res["data"]["ref"], "prompts.jsonl") == prompts_file.read_bytes()
+    assert rec["prompt_set_hash"] == distill.read_prompts(prompts_file).hash
+
+    r = cli("distill", "--rerun", res["run_id"], "--json")
+    assert r.rc == 0, r
+    drift = r.json()
+    assert drift["identical"] is True
+    m = drift["metrics"]
+    assert m["exact_match_rate"] == 1.0 and m["top1_agreement"] == 1.0
+    assert m["kl_max"] == 0.0 and m["kl_mean"] == 0.0 and m["max_abs_dlogprob"] == 0.0
+    assert m["positions_compared"] == sum(len(row["completion_ids"]) for row in rows)
+
+
+def test_sampling_with_a_seed_reproduces_and_drift_is_measured(gpt2_vault, prompts_file, tmp_path):
+    s = DistillSettings(max_new_tokens=6, top_k=4, temperature=1.3, seed=7, batch_size=3)
+    res = distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, tmp_path / "s.parquet", s, device="cpu")
+    assert distill_drift.rerun(gpt2_vault, res.run_id).identical
+    # A changed teacher under the same run id's recipe drifts, and the metrics say so.
+    stored = pq.read_table(str(tmp_path / "s.parquet")).to_pylist()
+    shifted = [dict(r, topk_logprobs=[v - 0.5 if i % 4 == 1 else v for i, v in enumerate(r["topk_logprobs"])],
+                    completion_ids=r["completion_ids"][:-1] + [r["completion_ids"][-1] + 1])
+               for r in stored]
+    metrics, _ = distill_drift.compare_causal(stored, shifted, 4, np.float16)
+    assert metrics["exact_match_rate"] == 0.0
+    assert metrics["kl_max"] > 0 and metrics["max_abs_dlogprob"] == pytest.approx(0.5, abs=1e-2)
+
+
+def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, prompts_file, tmp_path):
+    calls = []
+
+    def progress(rows, tokens):
+        calls.append(rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "partial.parquet"
+    with pytest.raises(distill.DistillInterrupted) as e:
+        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=4, batch_size=2),
+                    device="cpu", progress=progress)
+    assert e.value.result.rows == 4 and not e.value.result.complete
+    assert pq.read_table(str(out)).num_rows == 4
+    _, got = gpt2_vault.sql("SELECT output_rows, complete FROM distill_runs WHERE run_id = ?", [e.value.result.run_id])
+    assert got == [(4, False)]
+    assert distill_drift.rerun(gpt2_vault, e.value.result.run_id).rows == 4  # reruns what was kept
+
+
+def test_distilled_from_lineage_edge_and_catalog_rebuild(gpt2_vault, gpt2_dir, prompts_file, tmp_path, cli):
+    res = distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, tmp_path / "o.parquet",
+                      DistillSettings(max_new_tokens=3, top_k=3), device="cpu")
+    before = gpt2_vault.sql("SELECT * EXCLUDE (created_at) FROM distill_runs ORDER BY run_id")
+    r = cli("snapshot", gpt2_dir, "--model", "student", "--distilled-from", res.run_id, "--json")
+    assert r.rc == 0, r
+    edges = gpt2_vault.manifest("student@1").lineage
+    teacher_id = gpt2_vault.resolve("tiny-gpt2@1").manifest_id
+    assert {"relation": "distilled", "base": teacher_id, "run_id": res.run_id,
+            "prompt_set_hash": res.payload["prompts"]["hash"]}.items() <= edges[0].items()
+    assert edges[0]["settings"]["top_k"] == 3 and edges[0]["settings"]["device"] == "cpu"
+    assert cli("catalog", "rebuild").rc == 0
+    assert gpt2_vault.sql("SELECT * EXCLUDE (created_at) FROM distill_runs ORDER BY run_id") == before
+
+    state = store_snapshot_state(gpt2_vault.root)
+    r = cli("snapshot", gpt2_dir, "--model", "student2", "--distilled-from", "0123456789abcdef")
+    assert r.rc == 3 and "0123456789abcdef" in r.err and len(r.err.strip().splitlines()) == 1
+    assert store_snapshot_state(gpt2_vault.root) == state
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+def test_broken_prompt_line_is_one_error_and_records_nothing(gpt2_vault, tmp_path, cli):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": 3}\n')
+    before = _catalog_and_events(gpt2_vault)
+    state = store_snapshot_state(gpt2_vault.root)
+    r = cli("distill", "tiny-gpt2@1", "--prompts", p, "--out", tmp_path / "o.parquet")
+    assert r.rc == 4 and f"{p}:3:" in r.err and len(r.err.strip().splitlines()) == 1
+    p.write_text('{"prompt": "fine"}\n{"prompt": "cut off\n')
+    r = cli("distill", "tiny-gpt2@1", "--prompts", p, "--out", tmp_path / "o.parquet")
+    assert r.rc == 4 and f"{p}:2: not JSON" in r.err
+    assert not (tmp_path / "o.parquet").exists()
+    assert _catalog_and_events(gpt2_vault) == before and store_snapshot_state(gpt2_vault.root) == state
+
+
+def test_version_that_is_not_a_transformers_model(vault, tmp_path, toy_model, prompts_file, cli):
+    vault.snapshot(toy_model, "toy")  # config.json with model_type "toy"
+    vault.snapshot(write_model(tmp_path / "noconf", toy_tensors(), files={"config.json": "{}"}), "noconf")
+    before = _catalog_and_events(vault)
+    state = store_snapshot_state(vault.root)
+    for ref in ("toy@1", "noconf@1"):
+        r = cli("distill", ref, "--prompts", prompts_file, "--out", tmp_path / "o.parquet")
+        assert r.rc == 4 and f"{ref} is not a transformers model" in r.err, r
+        assert len(r.err.strip().splitlines()) == 1
+    assert _catalog_and_events(vault) == before and store_snapshot_state(vault.root) == state
+
+
+def test_missing_extra_is_a_typed_error_in_the_real_cli(gpt2_vault, prompts_file, tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from weightvault.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    state = store_snapshot_state(gpt2_vault.root)
+    before = _catalog_and_events(gpt2_vault)
+    r = subprocess.run([sys.executable, "-c", code, "--store", str(gpt2_vault.root), "distill", "tiny-gpt2@1",
+                        "--prompts", str(prompts_file), "--out", str(tmp_path / "o.parquet")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    assert "[teacher]" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert store_snapshot_state(gpt2_vault.root) == state and _catalog_and_events(gpt2_vault) == before
+
+
+# -- the real MiniLM ----------------------------------------------------------------------
+
+
+def test_minilm_from_the_store_embeds_like_the_original_folder(vault, minilm_dir, tmp_path, cli):
+    st = pytest.importorskip("sentence_transformers")
+    vault.snapshot(minilm_dir, "minilm")
+    teacher = load_teacher("minilm@1", device="cpu", vault=vault)
+    assert teacher.kind == "encoder" and teacher.pooling == {"mode": "mean", "normalize": True}
+    texts = ["weights are a piece of history", "a teacher, reloaded years later", "short"]
+    p = tmp_path / "texts.jsonl"
+    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "emb.parquet"
+    r = cli("distill", "minilm@1", "--prompts", p, "--out", out, "--batch-size", 2, "--device", "cpu", "--json")
+    assert r.rc == 0, r
+    got = np.array([row["embedding"] for row in pq.read_table(str(out)).to_pylist()], np.float64)
+    want = st.SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, convert_to_numpy=True)
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() >= 0.99999, cos
+    r = cli("distill", "--rerun", r.json()["run_id"], "--json")
+    assert r.rc == 0 and r.json()["identical"] and r.json()["metrics"]["cosine_min"] >= 0.99999
+
+
+# -- GPU ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_load_and_distill_in_bf16(gpt2_vault, gpt2_dir, prompts_file, tmp_path):
+    teacher = load_teacher("tiny-gpt2@1", vault=gpt2_vault)  # auto -> cuda
+    assert teacher.device.startswith("cuda")
+    assert teacher.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    res = distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, tmp_path / "g.parquet",
+                      DistillSettings(max_new_tokens=6, top_k=4), teacher=teacher)
+    assert res.payload["device"].startswith("cuda") and res.rows == len(PROMPTS)
+    d = distill_drift.rerun(gpt2_vault, res.run_id)
+    assert d.rerun.payload["device"].startswith("cuda")
+    assert 0 <= d.metrics["exact_match_rate"] <= 1 and np.isfinite(d.metrics["kl_max"])
