@@ -34,7 +34,8 @@ from weightvault.errors import MissingExtraError, StoreUnavailableError, UsageEr
 SCHEME = "s3://"
 # Transient errors are retried with exponential backoff for up to this long;
 # past it the command fails with a clear error and can simply be rerun.
-RETRY_TIMEOUT_S = float(os.environ.get("WEIGHTVAULT_S3_RETRY_TIMEOUT", "60"))
+# ($WEIGHTVAULT_S3_RETRY_TIMEOUT seconds, read when a backend is made).
+DEFAULT_RETRY_TIMEOUT_S = 60.0
 MAX_RETRIES = 10
 
 
@@ -150,7 +151,8 @@ class S3Backend(Backend):
         ob = _obstore()
         self.loc = loc
         self.endpoint = resolve_endpoint(loc, endpoint)
-        timeout = RETRY_TIMEOUT_S if retry_timeout_s is None else retry_timeout_s
+        timeout = retry_timeout_s if retry_timeout_s is not None else float(
+            os.environ.get("WEIGHTVAULT_S3_RETRY_TIMEOUT", DEFAULT_RETRY_TIMEOUT_S))
         retry = {"max_retries": MAX_RETRIES, "retry_timeout": timedelta(seconds=timeout),
                  "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
                              "base": 2.0}}
@@ -321,8 +323,8 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
         from weightvault.errors import StoreFormatError
 
         raise StoreFormatError(f"{loc.url}/config.json has no valid store id", hint="point --store at a weightvault store")
-    if endpoint:
-        remember_endpoint(loc, endpoint)
+    if endpoint or (create and raw_backend.endpoint):
+        remember_endpoint(loc, endpoint or raw_backend.endpoint)  # later commands need not repeat it
     root = cache_dir(str(config["id"]))
     root.mkdir(parents=True, exist_ok=True)
     backend = raw_backend

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from s3_fixture import any_backend_vault, s3_bucket, s3_store_url, seaweed  # noqa: E402,F401 (issue 8: SeaweedFS)
 from weightvault.vault import Vault
 
 

@@ -92,10 +92,11 @@ class SeaweedServer:
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_g']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_g']}", f"-s3.config={cfg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=256", "-volume.max=64", "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-master.telemetry=false",
         ]
 
     def start(self, timeout: float = 60) -> "SeaweedServer":
+        self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
                                      start_new_session=True)
@@ -191,3 +192,13 @@ def s3_bucket(seaweed, monkeypatch, tmp_path):
 def s3_store_url(s3_bucket):
     """``s3://BUCKET/store`` on the session's server."""
     return f"s3://{s3_bucket}/store"
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_backend_vault(request, tmp_path):
+    """A fresh Vault on each backend: the local store, then an s3:// store on SeaweedFS."""
+    from weightvault.vault import Vault
+
+    if request.param == "local":
+        return Vault.init(tmp_path / "store")
+    return Vault.init(request.getfixturevalue("s3_store_url"))

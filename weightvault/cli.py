@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                "\nThe store is --store, else $WEIGHTVAULT_STORE, else ~/.local/share/weightvault/store.",
         formatter_class=_Formatter,
     )
-    parser.add_argument("--store", metavar="DIR", help="store folder (default: $WEIGHTVAULT_STORE or per-user)")
+    parser.add_argument("--store", metavar="DIR", help="store folder or s3://BUCKET/PREFIX "
+                                                        "(default: $WEIGHTVAULT_STORE or per-user)")
+    parser.add_argument("--endpoint", metavar="URL", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)")
     parser.add_argument("--lock-timeout", type=float, metavar="S", default=None,
                         help="seconds to wait for a busy store or catalog (default 600)")
     parser.add_argument("--version", action="version", version=f"weightvault {__version__}")
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
         log.propagate = False
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "endpoint", None):  # s3:// stores read it (archive/s3.py); remembered at init
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint
     try:
         rc = args.func(args)
         return int(rc or 0)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+
 from weightvault.cli import add_command, open_vault
 
 
 def register(sub, common):
     p = add_command(sub, "init", help="create a store (other commands create the default one on first use)",
                     example="weightvault --store /data/vault init", parents=[common])
+    p.add_argument("--endpoint", metavar="URL", default=argparse.SUPPRESS,
+                   help="S3 endpoint of an s3://BUCKET/PREFIX store (remembered for later commands)")
     p.set_defaults(func=cmd_init)
 
     p = add_command(sub, "snapshot", help="archive a model folder (or hf:ORG/NAME[@REV]) as a new version",
@@ -104,10 +108,12 @@ def cmd_init(args):
     from weightvault.vault import Vault
 
     v = Vault.init(args.store or default_store_path(), lock_timeout=args.lock_timeout)
+    where = getattr(v.store, "url", None) or str(v.root)  # s3:// stores: root is the local cache
     if args.json:
-        print_json({"store": str(v.root), "id": v.store.config["id"], "format": v.store.config["format"]})
+        print_json({"store": where, "id": v.store.config["id"], "format": v.store.config["format"],
+                    "catalog": str(v.store.catalog_path)})
     else:
-        err_console().print(f"store ready at [bold]{v.root}[/]")
+        err_console().print(f"store ready at [bold]{where}[/]")
 
 
 def snapshot_summary(res) -> dict:

@@ -1,0 +1,297 @@
+"""The store on S3-compatible object storage, against a real SeaweedFS server.
+
+Fixtures from tests/s3_fixture.py (registered in conftest): ``seaweed`` (one
+server per session), ``s3_bucket``/``s3_store_url`` (a fresh bucket per test),
+``any_backend_vault`` (local and s3). Skipped when ``weed`` is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from conftest import toy_tensors, tree_files, write_model
+from weightvault.archive import packs
+from weightvault.archive.leases import EXCLUSIVE_KEY, LeaseLock
+from weightvault.archive.s3 import S3Backend, S3Location
+from weightvault.archive.store import Store
+from weightvault.errors import LockBusyError, StoreNotFoundError
+from weightvault.vault import Vault
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def bucket_keys(seaweed, bucket: str, prefix: str = "") -> list[str]:
+    """Every key in the bucket, listed with another client (boto3): what is really stored."""
+    c = seaweed.client()
+    keys, token = [], None
+    while True:
+        kw = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        r = c.list_objects_v2(**kw)
+        keys += [o["Key"] for o in r.get("Contents", [])]
+        if not r.get("IsTruncated"):
+            return keys
+        token = r["NextContinuationToken"]
+
+
+def test_round_trip_on_both_backends(any_backend_vault, toy_model, tmp_path):
+    v = any_backend_vault
+    res = v.snapshot(toy_model, "toy")
+    out = tmp_path / "out"
+    v.restore("toy@1", out)
+    assert tree_files(out) == tree_files(toy_model)
+    report = v.verify()
+    assert report.ok and report.chunks_checked == res.stats.chunks
+    _, rows = v.sql("SELECT model, version FROM versions")
+    assert rows == [("toy", "1")]
+
+
+def test_cli_init_with_endpoint_then_every_command(seaweed, s3_bucket, toy_model, tmp_path, cli, monkeypatch):
+    url = f"s3://{s3_bucket}/team/vault"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only --endpoint names the server here
+    r = cli("init", "--endpoint", seaweed.endpoint, "--json", store=url)
+    assert r.rc == 0, r
+    assert r.json()["store"] == url
+    # later commands find the endpoint remembered at init, and the store through WEIGHTVAULT_STORE
+    monkeypatch.setenv("WEIGHTVAULT_STORE", url)
+    assert cli("snapshot", toy_model, "--model", "toy", "--json", store=None).rc == 0
+    log = cli("log", "toy", "--json", store=None)
+    assert log.rc == 0 and [e["version"] for e in log.json()] == ["1"]
+    assert cli("restore", "toy@1", tmp_path / "out", store=None).rc == 0
+    assert tree_files(tmp_path / "out") == tree_files(toy_model)
+    assert cli("verify", store=None).rc == 0
+    keys = bucket_keys(seaweed, s3_bucket, "team/vault/")
+    assert "team/vault/config.json" in keys and any(k.startswith("team/vault/refs/toy/") for k in keys)
+    assert not any(k.startswith("team/vault/chunks/") for k in keys), "chunks must live in packs"
+
+
+def test_open_missing_s3_store_is_a_clear_error(s3_bucket, cli):
+    r = cli("log", store=f"s3://{s3_bucket}/nothing-here")
+    # `log` opens with create=True like every command; `Store.open` without create refuses:
+    with pytest.raises(StoreNotFoundError):
+        Store.open(f"s3://{s3_bucket}/absent")
+    assert r.rc == 0
+
+
+def test_packs_aggregate_chunks_and_read_by_range(s3_store_url, seaweed, s3_bucket, tmp_path):
+    store = Store.init(s3_store_url, pack_size=64 << 10)  # tiny packs: many per model
+    v = Vault(store)
+    t = toy_tensors(seed=3, layers=8, width=128)
+    write_model(tmp_path / "m", t)
+    res = v.snapshot(tmp_path / "m", "toy")
+    b = store.backend
+    assert isinstance(b, packs.PackedBackend)
+    n_packs = len(bucket_keys(seaweed, s3_bucket, "store/packs/"))
+    assert n_packs == b.requests["pack_put"] >= 2
+    assert n_packs < res.stats.new_chunks  # fewer objects than chunks
+    assert len(bucket_keys(seaweed, s3_bucket, "store/packidx/")) == n_packs
+    # a single tensor is read with ranged GETs of its own chunks only
+    fresh = Vault.open(s3_store_url)
+    before = dict(fresh.store.backend.requests)
+    arr = fresh.read_tensor("toy@1", "encoder.layer.5.weight")
+    assert (arr == t["encoder.layer.5.weight"]).all()
+    f = res.manifest.file("model.safetensors")
+    tensor = next(x for x in f.tensors if x.name == "encoder.layer.5.weight")
+    assert fresh.store.backend.requests["range_get"] - before["range_get"] == tensor.n_chunks
+    # every chunk listed through the pack index, with its container size
+    listed = {i.key.rsplit("/", 1)[-1]: i.size for i in fresh.store.list_chunks()}
+    assert set(listed) == {c for e in res.manifest.files for c, _ in e.chunks}
+
+
+def test_chunk_invisible_until_its_pack_is_stored(s3_store_url):
+    store = Store.init(s3_store_url)
+    b = store.backend
+    other = Store.open(s3_store_url).backend  # another machine
+    key = "chunks/ab/" + "ab" * 32
+    b.put(key, b"container bytes")
+    assert b.has(key) and b.get(key) == b"container bytes"  # the writer reads its own write
+    assert not other.has(key) and other.lookup(key.rsplit("/", 1)[-1]) is None
+    store.put_event("probe", {})  # any non-chunk write flushes packs first (write order)
+    assert other.lookup(key.rsplit("/", 1)[-1]) is not None
+    assert other.get(key) == b"container bytes"
+
+
+def test_conditional_ref_claims_one_wins(s3_store_url):
+    Store.init(s3_store_url)
+    stores = [Store.open(s3_store_url) for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    results = []
+
+    def claim(i):
+        barrier.wait()
+        results.append((i, stores[i].create_ref("race", "1", ("%02x" % i) * 32)))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    winners = [i for i, ok in results if ok]
+    assert len(winners) == 1
+    assert stores[0].get_ref("race", "1").manifest_id == ("%02x" % winners[0]) * 32
+
+
+def test_concurrent_snapshots_of_one_model_get_distinct_versions(s3_store_url, tmp_path):
+    Vault.init(s3_store_url)
+    folders = []
+    for i in range(3):
+        folders.append(write_model(tmp_path / f"m{i}", toy_tensors(seed=10 + i)))
+    results, errors = [], []
+
+    def run(folder):
+        try:
+            results.append((folder, Vault.open(s3_store_url).snapshot(folder, "shared")))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in folders]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert sorted(r.version for _, r in results) == ["1", "2", "3"]
+    v = Vault.open(s3_store_url)
+    for folder, r in results:
+        out = tmp_path / f"out{r.version}"
+        v.restore(f"shared@{r.version}", out)
+        assert tree_files(out) == tree_files(folder)
+
+
+def test_lease_lock_exclusive_excludes_shared_and_stale_lease_expires(s3_store_url):
+    store = Store.init(s3_store_url)
+    a = LeaseLock(store.lock.backend, "store test", ttl=30)
+    b = LeaseLock(store.lock.backend, "store test", ttl=30)
+    with a.held(shared=True, op="snapshot"):
+        with b.held(shared=True, op="restore"):  # shared with shared: fine
+            pass
+        with pytest.raises(LockBusyError, match="snapshot"):
+            b.acquire(shared=False, timeout=0.5, op="gc")
+    assert not store.lock.backend.has(EXCLUSIVE_KEY)  # the failed claimant withdrew
+    with b.held(shared=False, op="gc"):
+        with pytest.raises(LockBusyError, match="gc"):
+            a.acquire(shared=True, timeout=0.3)
+    # a holder that died: its lease runs out and the next claimant removes it
+    dead = LeaseLock(store.lock.backend, "store test", ttl=0.5)
+    dead.acquire(shared=False, op="crashed gc")
+    dead._stop.set()  # stop renewing, as a killed process would
+    dead._renewer.join()
+    with a.held(shared=True, timeout=10, op="snapshot"):
+        pass
+
+
+def test_two_machines_share_the_catalog_through_the_bucket(s3_store_url, toy_model, tmp_path, monkeypatch):
+    a = Vault.init(s3_store_url)
+    a.snapshot(toy_model, "toy")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+    b = Vault.open(s3_store_url)
+    assert b.store.catalog_path != a.store.catalog_path
+    assert b.sql("SELECT model, version FROM versions")[1] == [("toy", "1")]
+    write_model(tmp_path / "v2", toy_tensors(seed=5))
+    b.snapshot(tmp_path / "v2", "toy")
+    # machine a refreshes incrementally from the refs and manifests in the bucket
+    assert sorted(a.sql("SELECT version FROM versions WHERE model = 'toy'")[1]) == [("1",), ("2",)]
+    assert a.catalog.sync() == (0, 0, 0)
+
+
+def test_pack_gc_drops_dead_packs_and_repacks_partly_live(s3_store_url, tmp_path):
+    store = Store.init(s3_store_url, pack_size=32 << 10)
+    v = Vault(store)
+    write_model(tmp_path / "a", toy_tensors(seed=20))
+    write_model(tmp_path / "b", toy_tensors(seed=21))
+    ra = v.snapshot(tmp_path / "a", "a")
+    rb = v.snapshot(tmp_path / "b", "b")
+    live = {c for f in ra.manifest.files for c, _ in f.chunks}  # as if b were removed
+    dead = {c for f in rb.manifest.files for c, _ in f.chunks} - live
+    b = store.backend
+    usage = packs.pack_usage(b, live)
+    assert any(not u.live for u in usage)
+    dry = packs.sweep_packs(b, live, grace_s=0, dry_run=True)
+    assert dry.packs_dropped and len(packs.pack_usage(b, live)) == len(usage)
+    rep = packs.sweep_packs(b, live, grace_s=0)
+    assert rep.bytes_freed > 0 and rep.chunks_dropped > 0
+    # partly live packs: repack keeps exactly the live chunks readable
+    rp = packs.repack(b, live, max_live_fraction=0.99, grace_s=0)
+    after = Vault.open(s3_store_url).store
+    stored = {i.key.rsplit("/", 1)[-1] for i in after.list_chunks()}
+    assert live <= stored and not (dead & stored)
+    assert all(not u.dead for u in packs.pack_usage(after.backend, live))
+    out = tmp_path / "out"
+    Vault.open(s3_store_url).restore("a@1", out)
+    assert tree_files(out) == tree_files(tmp_path / "a")
+    assert rp.bytes_freed + rep.bytes_freed >= sum(u.dead_bytes for u in usage)
+
+
+def test_deleting_one_packed_chunk_rewrites_its_index(s3_store_url, toy_model):
+    store = Store.init(s3_store_url)
+    res = Vault(store).snapshot(toy_model, "toy")
+    cid = res.manifest.files[0].chunks[0][0]
+    assert store.backend.delete(store.chunk_key(cid))
+    fresh = Store.open(s3_store_url)
+    assert not fresh.has_chunk(cid)
+    assert not fresh.backend.delete(fresh.chunk_key(cid))
+
+
+def test_s3_backend_contract(s3_bucket):
+    b = S3Backend(S3Location.parse(f"s3://{s3_bucket}/raw"))
+    assert b.put("x/1", b"hello world")
+    assert not b.put("x/1", b"other", exclusive=True) and b.get("x/1") == b"hello world"
+    assert b.get_range("x/1", 6, 100) == b"world"  # past the end: a short read, like a file
+    assert b.stat("x/1").size == 11 and b.stat("x/2") is None
+    assert [i.key for i in b.list("x/")] == ["x/1"]
+    assert b.delete("x/1") and not b.delete("x/1")
+    with pytest.raises(FileNotFoundError):
+        b.get("x/1")
+
+
+@pytest.mark.skipif(os.environ.get("WEIGHTVAULT_S3_FAULTS") == "0", reason="fault tests disabled")
+def test_server_killed_mid_snapshot_loses_nothing_and_the_rerun_succeeds(tmp_path, monkeypatch):
+    from s3_fixture import SeaweedServer, _require_s3
+
+    from weightvault.errors import StoreUnavailableError
+
+    srv = SeaweedServer(tmp_path / "weed", _require_s3()).start()
+    try:
+        srv.create_bucket("faults")
+        for k, val in srv.env().items():
+            monkeypatch.setenv(k, val)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.setenv("WEIGHTVAULT_S3_RETRY_TIMEOUT", "2")
+        url = "s3://faults/vault"
+        store = Store.init(url, pack_size=64 << 10)
+        v = Vault(store, lock_timeout=30)
+        write_model(tmp_path / "v1", toy_tensors(seed=30, layers=6, width=128))
+        v.snapshot(tmp_path / "v1", "m")  # committed before the crash
+        write_model(tmp_path / "v2", toy_tensors(seed=31, layers=6, width=128))
+
+        class KillHalfway:
+            seen = 0
+
+            def start(self, total):
+                self.total = total
+
+            def __call__(self, n):
+                self.seen += n
+                if self.seen >= self.total // 2 and srv.proc.poll() is None:
+                    srv.kill()
+
+        with pytest.raises(StoreUnavailableError):
+            Vault(Store.open(url), lock_timeout=30).snapshot(tmp_path / "v2", "m", progress=KillHalfway())
+        srv.start()
+        v = Vault.open(url, lock_timeout=30)
+        assert [r.version for r in v.store.list_refs("m")] == ["1"]  # no half-written version
+        out = tmp_path / "out1"
+        v.restore("m@1", out)
+        assert tree_files(out) == tree_files(tmp_path / "v1")
+        res = v.snapshot(tmp_path / "v2", "m")  # the rerun succeeds
+        assert res.version == "2"
+        v.restore("m@2", tmp_path / "out2")
+        assert tree_files(tmp_path / "out2") == tree_files(tmp_path / "v2")
+        assert v.verify().ok
+    finally:
+        srv.stop()
