@@ -123,29 +123,36 @@ UNION ALL
 SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL;
 
 -- Every ancestor of every version (recursive). depth 1 = a direct base; `relation` is the
--- relation of the edge that reaches the ancestor, `via_id` the version on that edge's child side.
+-- relation of the edge that reaches the ancestor, `via_id` the version on that edge's child side,
+-- `own_relation` / `own_run_id` those of the version's own (first) edge on the path.
 -- External bases appear with ancestor_id NULL and ancestor_ref set.
 CREATE VIEW version_ancestors AS
-WITH RECURSIVE walk(version_id, via_id, ancestor_id, ancestor_ref, relation, run_id, depth, path) AS (
-    SELECT child_id, child_id, base_id, base_ref, relation, run_id, 1, [child_id]
+WITH RECURSIVE walk(version_id, via_id, ancestor_id, ancestor_ref, relation, run_id, own_relation, own_run_id,
+                    depth, path) AS (
+    SELECT child_id, child_id, base_id, base_ref, relation, run_id, relation, run_id, 1, [child_id]
     FROM version_edges
     UNION ALL
-    SELECT w.version_id, e.child_id, e.base_id, e.base_ref, e.relation, e.run_id, w.depth + 1,
+    SELECT w.version_id, e.child_id, e.base_id, e.base_ref, e.relation, e.run_id, w.own_relation, w.own_run_id,
+           w.depth + 1,
            list_append(w.path, e.child_id)
     FROM walk w JOIN version_edges e ON e.child_id = w.ancestor_id
     WHERE NOT coalesce(list_contains(w.path, e.base_id), false) AND w.depth < 64  -- cycle guard
 )
 SELECT w.version_id, v.model, v.version, w.depth, w.relation, w.ancestor_id,
        a.model AS ancestor_model, a.version AS ancestor_version,
-       CASE WHEN w.ancestor_id IS NULL THEN w.ancestor_ref END AS ancestor_ref, w.via_id, w.run_id
+       CASE WHEN w.ancestor_id IS NULL THEN w.ancestor_ref END AS ancestor_ref, w.via_id, w.run_id,
+       w.own_relation, w.own_run_id
 FROM walk w
 JOIN versions v ON v.version_id = w.version_id
 LEFT JOIN versions a ON a.version_id = w.ancestor_id;
 
--- The same closure seen from the ancestor: every descendant of every version.
+-- The same closure seen from the ancestor: every descendant of every version; `relation` is the
+-- descendant's own edge (a student shows 'distilled' under its teacher's base too).
 CREATE VIEW version_descendants AS
-SELECT ancestor_id AS version_id, ancestor_model AS model, ancestor_version AS version, depth, relation,
-       version_id AS descendant_id, model AS descendant_model, version AS descendant_version, run_id
+SELECT ancestor_id AS version_id, ancestor_model AS model, ancestor_version AS version, depth,
+       own_relation AS relation,
+       version_id AS descendant_id, model AS descendant_model, version AS descendant_version,
+       own_run_id AS run_id
 FROM version_ancestors WHERE ancestor_id IS NOT NULL;
 
 -- Students of teachers: one row per 'distilled' edge.

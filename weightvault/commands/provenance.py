@@ -249,8 +249,9 @@ def cmd_tag(args):
     if args.tag is None:  # list
         model = ids.parse_ref(args.ref).model
         cols, rows = v.sql("SELECT h.tag, v.version, h.moved_at, h.origin, h.message, "
-                           "(h.tag, h.version_id) IN (SELECT (tag, version_id) FROM tags WHERE model = h.model) "
-                           "AS current FROM tag_history h LEFT JOIN versions v USING (version_id) "
+                           "coalesce(t.version_id = h.version_id AND t.moved_at = h.moved_at, false) AS current "
+                           "FROM tag_history h LEFT JOIN versions v USING (version_id) "
+                           "LEFT JOIN tags t ON t.model = h.model AND t.tag = h.tag "
                            "WHERE h.model = ? ORDER BY h.tag, h.moved_at", [model])
         if args.json:
             print_json([dict(zip(cols, r)) for r in rows])
