@@ -108,7 +108,8 @@ class GcReport:
         base_chunks: of those, chunks kept only as delta bases.
         removed_manifests, removed_chunks: objects deleted (or that would be).
         freed_bytes: their size on disk.
-        kept_young_manifests, kept_young_chunks: unreferenced but inside the grace period.
+        kept_young_manifests, kept_young_chunks: unreferenced but inside the grace period
+            (chunks also when a manifest inside the grace period names them).
         temp_files: stale temp files removed.
         grace_s: the grace period used.
     """
@@ -201,14 +202,13 @@ def plan(store: Store, *, grace_s: float = DEFAULT_GRACE_S, now: float | None = 
     if problems:
         raise GcRefusedError(problems)
     young_marked, _, _ = mark_chunks(store, young_refs - marked, strict=False)
-    keep = marked | young_marked
     report.live_chunks, report.base_chunks = len(marked), len(bases - referenced)
     dead_chunks = []
     for info in store.list_chunks():
         cid = info.key.rsplit("/", 1)[-1]
-        if cid in keep:
+        if cid in marked:
             continue
-        if now - info.mtime < grace_s:
+        if cid in young_marked or now - info.mtime < grace_s:
             report.kept_young_chunks += 1
         else:
             dead_chunks.append(info)

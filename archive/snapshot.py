@@ -200,7 +200,8 @@ class ChunkWriter:
                 self._claimed.add(cid)
         if mine:
             enc = self.encode(view, cid, seg, rel)
-            self.store.put_chunk(cid, enc)
+            if not self.store.put_chunk(cid, enc):  # a concurrent snapshot stored it first
+                return cid, len(view)
             with self._lock:
                 st = self.stats
                 st.new_chunks += 1

@@ -160,8 +160,9 @@ class Store:
     def has_chunk(self, chunk_id: str) -> bool:
         return self.backend.has(self.chunk_key(chunk_id))
 
-    def put_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> None:
-        self.backend.put(self.chunk_key(chunk_id), enc.container)
+    def put_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> bool:
+        """Store a chunk once: False when another writer stored it first (its name is claimed atomically)."""
+        return self.backend.put(self.chunk_key(chunk_id), enc.container, exclusive=True)
 
     def get_container(self, chunk_id: str) -> bytes:
         try:

@@ -1,0 +1,120 @@
+"""verify (structure / --read-data / --subset) and repair: what is detected, named, quarantined, healed."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import toy_tensors, tree_files, write_model
+
+from weightvault.archive import codecs
+from weightvault.archive.repair import quarantine_key, repair
+
+
+@pytest.fixture
+def shared(tmp_path, vault):
+    """Two models sharing tensors; returns (folder a, folder b, result a, result b)."""
+    t = toy_tensors(0)
+    a = write_model(tmp_path / "a", t)
+    b = write_model(tmp_path / "b", dict(t, extra=t["encoder.layer.1.bias"] * 2))
+    return a, b, vault.snapshot(a, "alpha"), vault.snapshot(b, "beta")
+
+
+def _tensor_chunk(res, name):
+    f = res.manifest.file("model.safetensors")
+    t = next(t for t in f.tensors if t.name == name)
+    return f.tensor_chunks(t)[0][0]
+
+
+def _path(store_dir, cid):
+    return store_dir / "chunks" / cid[:2] / cid
+
+
+def test_flipped_byte_found_only_by_read_data_and_named_everywhere(shared, store_dir, cli):
+    a, b, ra, rb = shared
+    cid = _tensor_chunk(ra, "encoder.layer.2.weight")
+    p = _path(store_dir, cid)
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0x01  # one bit in the payload, header untouched
+    p.write_bytes(bytes(data))
+    fast = cli("verify", "--json")
+    assert fast.rc == 0 and fast.json()["mode"] == "structure"  # structure cannot see payload bits
+    full = cli("verify", "--read-data", "--json")
+    assert full.rc == 5
+    rep = full.json()
+    assert [d["chunk_id"] for d in rep["damaged"]] == [cid]
+    uses = {(u["version"], u["file"], u["tensor"]) for u in rep["damaged"][0]["uses"]}
+    assert uses == {("alpha@1", "model.safetensors", "encoder.layer.2.weight"),
+                    ("beta@1", "model.safetensors", "encoder.layer.2.weight")}
+    assert cli("verify", "--subset", "100", "--json").rc == 5
+    one = cli("verify", "beta@1", "--read-data")
+    assert one.rc == 5 and "beta@1 model.safetensors tensor encoder.layer.2.weight" in " ".join(one.out.split())
+    r = cli("restore", "alpha@1", store_dir.parent / "out")
+    assert r.rc == 5 and cid[:16] in r.err  # loud, never zero-filled
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong_raw_len", "garbage_header"])
+def test_structure_check_finds_missing_and_broken_chunks(damage, shared, store_dir, cli):
+    a, b, ra, rb = shared
+    cid = _tensor_chunk(rb, "extra")
+    p = _path(store_dir, cid)
+    if damage == "missing":
+        p.unlink()
+    elif damage == "truncated":
+        p.write_bytes(p.read_bytes()[:-7])
+    elif damage == "wrong_raw_len":
+        raw = b"\0" * 13
+        p.write_bytes(codecs._container(codecs._meta(cid, 13, "raw"), {"data": raw}))
+    else:
+        p.write_bytes(b"\xff" * 64)
+    r = cli("verify", "--json")
+    assert r.rc == 5, r
+    d = r.json()["damaged"]
+    assert [x["chunk_id"] for x in d] == [cid]
+    assert d[0]["uses"] == [{"version": "beta@1", "file": "model.safetensors", "tensor": "extra"}]
+
+
+def test_missing_manifest_names_the_version(shared, store_dir, cli):
+    a, b, ra, rb = shared
+    (store_dir / "manifests" / rb.manifest_id[:2] / rb.manifest_id).unlink()
+    r = cli("verify", "--json")
+    assert r.rc == 5 and r.json()["broken_versions"][0]["version"] == "beta@1"
+
+
+def test_repair_reports_exact_losses_quarantines_and_heals(shared, vault, store_dir, cli, tmp_path):
+    a, b, ra, rb = shared
+    lost = _tensor_chunk(ra, "encoder.layer.3.weight")
+    p = _path(store_dir, lost)
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF
+    p.write_bytes(bytes(data))
+    dry = cli("repair", "--dry-run", "--json")
+    assert dry.rc == 5 and dry.json()["quarantined"] == [] and p.exists()
+    r = cli("repair", "--json")
+    assert r.rc == 5, r
+    rep = r.json()
+    assert rep["damaged_chunks"].keys() == {lost} and rep["quarantined"] == [lost]
+    losses = {(x["version"], x["file"], tuple(x["tensors"])) for x in rep["losses"]}
+    assert losses == {("alpha@1", "model.safetensors", ("encoder.layer.3.weight",)),
+                      ("beta@1", "model.safetensors", ("encoder.layer.3.weight",))}
+    assert rep["lost_bytes"] == 2 * dict(ra.manifest.file("model.safetensors").chunks)[lost]
+    assert not p.exists() and vault.store.backend.has(quarantine_key(lost))
+    rows = cli("sql", "SELECT version, path, tensors FROM version_damage ORDER BY version", "--json").json()
+    assert rows == [{"version": "1", "path": "model.safetensors", "tensors": ["encoder.layer.3.weight"]}] * 2
+    assert cli("restore", "alpha@1", tmp_path / "r1").rc == 5  # still loud: never zero-filled
+    # Heal: snapshot the original files again; the chunk is stored afresh and both versions are whole.
+    vault.snapshot(a, "alpha")
+    assert cli("verify", "--read-data").rc == 0
+    assert cli("restore", "beta@1", tmp_path / "r2").rc == 0 and tree_files(tmp_path / "r2") == tree_files(b)
+    assert cli("repair", "--json").json()["clean"] is True
+
+
+def test_repair_remove_damaged_lets_gc_run_again(shared, vault, store_dir, cli):
+    a, b, ra, rb = shared
+    gone = _tensor_chunk(rb, "extra")
+    _path(store_dir, gone).unlink()
+    assert cli("gc", "--grace", "0").rc == 5  # refuses: referenced data is missing
+    r = cli("repair", "--remove-damaged", "--json")
+    assert r.rc == 5 and r.json()["removed"] == ["beta@1"]
+    assert cli("gc", "--grace", "0").rc == 0
+    assert cli("verify", "--read-data").rc == 0
+    rows = cli("sql", "SELECT version, reason FROM version_removals", "--json").json()
+    assert rows == [{"version": "1", "reason": "repair: lost data"}]
