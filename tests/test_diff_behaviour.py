@@ -117,3 +117,31 @@ def test_encoder_embeddings_cosine(tmp_path, minilm_dir, cli):
     assert all(0.9 < c < 1.0 for c in cos)
     assert d["behaviour"]["summary"]["cosine_min"] == min(cos)
     assert d["behaviour"]["worst"][0] == cos.index(min(cos))
+
+
+def test_stored_topk_of_distillation_runs_is_reused(gpt_store, tmp_path, cli):
+    """Both versions distilled on the same prompt file: texts come from the runs, KL over their top-k."""
+    pytest.importorskip("pyarrow")
+    from weightvault import distill
+    from weightvault.distill_gen import DistillSettings
+
+    v = Vault.init(tmp_path / "store")
+    v.snapshot(gpt_store["orig"], "gpt")
+    v.snapshot(gpt_store["perturbed"], "gpt")
+    assert cli("diff", "gpt@1", "gpt@2", "--prompts", gpt_store["prompts"], "--json",
+               store=tmp_path / "store").json()["behaviour"]["stored_topk"] is None
+    settings = DistillSettings(max_new_tokens=6, top_k=8, batch_size=2, logprob_dtype="float32")
+    runs = [distill.run(v, ref, gpt_store["prompts"], tmp_path / f"{n}.parquet", settings, device="cpu")
+            for n, ref in (("a", "gpt@1"), ("b", "gpt@2"))]
+    d = cli("diff", "gpt@1", "gpt@2", "--prompts", gpt_store["prompts"], "--json", store=tmp_path / "store").json()
+    b = d["behaviour"]
+    st = b["stored_topk"]
+    assert (st["run_a"], st["run_b"]) == (runs[0].run_id, runs[1].run_id) and st["top_k"] == 8
+    assert st["positions"] >= len(PROMPTS) and st["kl_mean"] > 0 and st["top1_agreement"] < 1
+    assert b["settings"]["generations_from_runs"] == [runs[0].run_id, runs[1].run_id]
+    import pyarrow.parquet as pq
+
+    stored_a = [r["text"] for r in pq.read_table(str(tmp_path / "a.parquet")).to_pylist()]
+    assert [r["text_a"] for r in b["per_prompt"]] == stored_a
+    # the full-vocabulary figures are still computed from the models
+    assert b["summary"]["kl_mean"] > 0 and b["summary"]["positions"] == sum(r["tokens"] for r in b["per_prompt"])

@@ -21,11 +21,8 @@ Two byte-identical versions need only one model: B is A, so KL is exactly 0.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from weightvault.errors import InvalidInputError, UsageError
 
@@ -39,12 +36,12 @@ class PromptSet:
 
     Attributes:
         path: the file.
-        sha256: hex sha256 of its bytes (names the prompt set).
+        hash: BLAKE3 of its bytes, as ``distill_runs.prompt_set_hash`` records it.
         prompts: the prompt texts, in file order.
     """
 
     path: str
-    sha256: str
+    hash: str
     prompts: tuple[str, ...]
 
 
@@ -75,41 +72,22 @@ class BehaviourDiff:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "prompt_file": self.prompts.path, "prompt_sha256": self.prompts.sha256,
+        return {"kind": self.kind, "prompt_file": self.prompts.path, "prompt_set_hash": self.prompts.hash,
                 "prompts": len(self.prompts.prompts), "identical_versions": self.identical_versions,
                 "settings": self.settings, "summary": self.summary, "worst": list(self.worst),
                 "stored_topk": self.stored_topk, "per_prompt": list(self.per_prompt)}
 
 
 def load_prompts(path) -> PromptSet:
-    """Read a JSONL prompt file: one object per line with ``prompt`` (or ``text``), or a JSON string.
+    """Read a JSONL prompt file in the format ``weightvault distill`` reads (one ``{"prompt": ...}`` a line).
 
     Raises:
-        InvalidInputError: naming the file and line of the first bad line.
+        PromptFileError: naming the file and line of the first bad line.
     """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise InvalidInputError(f"{p}: cannot read the prompt file ({e.strerror or e})",
-                                hint="pass a JSONL file with one {\"prompt\": ...} per line") from None
-    prompts = []
-    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InvalidInputError(f"{p}:{i}: not valid JSON ({e.msg})",
-                                    hint='each line must be like {"prompt": "..."}') from None
-        text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else obj
-        if not isinstance(text, str) or not text:
-            raise InvalidInputError(f"{p}:{i}: no non-empty \"prompt\" string",
-                                    hint='each line must be like {"prompt": "..."}')
-        prompts.append(text)
-    if not prompts:
-        raise InvalidInputError(f"{p}: no prompts", hint='add lines like {"prompt": "..."}')
-    return PromptSet(str(p), hashlib.sha256(data).hexdigest(), tuple(prompts))
+    from weightvault.distill import read_prompts
+
+    ps = read_prompts(path)
+    return PromptSet(str(path), ps.hash, ps.texts)
 
 
 def _finite(x):
@@ -162,16 +140,23 @@ def _tokenize(torch, tok_a, tok_b, text: str, index: int, device):
 
 
 def diff_causal(torch, ta, tb, prompts: PromptSet, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                progress=None) -> tuple[dict, tuple[dict, ...], tuple[int, ...]]:
-    """Compare two loaded causal-LM teachers on every prompt: (summary, per_prompt, worst)."""
+                texts=None, progress=None) -> tuple[dict, tuple[dict, ...], tuple[int, ...]]:
+    """Compare two loaded causal-LM teachers on every prompt: (summary, per_prompt, worst).
+
+    Args:
+        texts: (texts_a, texts_b) greedy completions already known (stored runs); else generated here.
+    """
     rows, all_kl, all_top1 = [], [], []
     nll_a = nll_b = 0.0
     n_pred = 0
     for i, text in enumerate(prompts.prompts):
         ids = _tokenize(torch, ta.tokenizer, tb.tokenizer, text, i, ta.model.device)
         c = compare_causal_prompt(torch, ta.model, tb.model, ids)
-        gen_a = _generate(torch, ta.model, ta.tokenizer, ids, max_new_tokens)
-        gen_b = gen_a if tb.model is ta.model else _generate(torch, tb.model, tb.tokenizer, ids, max_new_tokens)
+        if texts is not None:
+            gen_a, gen_b = texts[0][i], texts[1][i]
+        else:
+            gen_a = _generate(torch, ta.model, ta.tokenizer, ids, max_new_tokens)
+            gen_b = gen_a if tb.model is ta.model else _generate(torch, tb.model, tb.tokenizer, ids, max_new_tokens)
         all_kl += c["kl"]
         all_top1 += c["top1"]
         nll_a, nll_b, n_pred = nll_a + c["nll_a"], nll_b + c["nll_b"], n_pred + c["n_pred"]
@@ -267,13 +252,20 @@ def diff_behaviour(vault, a, b, prompts, *, identical: bool = False, device: str
                          hint="compare the behaviour of versions of one kind")
     settings = {"device": ta.device, "dtype": ta.dtype}
     if ta.kind == CAUSAL:
-        settings["max_new_tokens"] = max_new_tokens
-        settings["greedy"] = True
-        summary, rows, worst = diff_causal(torch, ta, tb, ps, max_new_tokens=max_new_tokens, progress=progress)
-        kind = "causal"
-        from weightvault.diff_topk import stored_topk_kl
+        from weightvault.diff_topk import find_run_pair, stored_topk_kl
 
-        stored = stored_topk_kl(vault, ta.manifest_id, tb.manifest_id, ps.sha256)
+        pair = find_run_pair(vault, ta.manifest_id, tb.manifest_id, ps.hash, len(ps.prompts))
+        texts = None
+        if pair is not None:  # the runs' greedy completions: no need to generate again
+            texts = ([r["text"] for r in pair.rows_a], [r["text"] for r in pair.rows_b])
+            settings["generations_from_runs"] = [pair.run_a, pair.run_b]
+        else:
+            settings["max_new_tokens"] = max_new_tokens
+        settings["greedy"] = True
+        summary, rows, worst = diff_causal(torch, ta, tb, ps, max_new_tokens=max_new_tokens, texts=texts,
+                                           progress=progress)
+        kind = "causal"
+        stored = stored_topk_kl(pair) if pair is not None else None
     elif ta.kind in (ENCODER, MASKED):
         summary, rows, worst = diff_encoder(torch, ta, tb, ps, progress=progress)
         kind, stored = "encoder", None
