@@ -139,6 +139,10 @@ class PackedBackend(Backend):
     def __repr__(self) -> str:
         return f"PackedBackend({self.inner!r})"
 
+    def _bump(self, what: str) -> None:
+        with self._lock:
+            self.requests[what] += 1
+
     # -- index ---------------------------------------------------------------
 
     def refresh(self) -> int:
@@ -252,9 +256,9 @@ class PackedBackend(Backend):
         pid = ids.content_id(blob)
         try:
             self.inner.put(pack_key(pid), blob)
-            self.requests["pack_put"] += 1
+            self._bump("pack_put")
             self.inner.put(index_key(pid), encode_index(pid, op.entries))
-            self.requests["index_put"] += 1
+            self._bump("index_put")
             with self._lock:
                 self._install(pid, op.entries, time.time())
         finally:
@@ -302,7 +306,7 @@ class PackedBackend(Backend):
         e = self.lookup(cid)
         if e is None:
             raise FileNotFoundError(key)
-        self.requests["range_get"] += 1
+        self._bump("range_get")
         # A short read (truncated pack) is returned as is: the hash check above names the chunk.
         return self.inner.get_range(pack_key(e.pack_id), e.offset, e.length)
 
@@ -317,7 +321,7 @@ class PackedBackend(Backend):
             raise FileNotFoundError(key)
         start = max(0, min(start, e.length))
         length = max(0, min(length, e.length - start))
-        self.requests["range_get"] += 1
+        self._bump("range_get")
         return self.inner.get_range(pack_key(e.pack_id), e.offset + start, length)
 
     def has(self, key: str) -> bool:

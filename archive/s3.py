@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -166,11 +167,18 @@ class S3Backend(Backend):
         if provider is not None:
             kw["credential_provider"] = provider
         self._ob = ob
+        # requests issued, by S3 operation (the bench reports requests per GB from these)
+        self.requests = {"PUT": 0, "GET": 0, "HEAD": 0, "LIST": 0, "DELETE": 0}
+        self._count_lock = threading.Lock()
         self._store = ob.store.S3Store(
             loc.bucket, prefix=loc.prefix or None, retry_config=retry,
             client_options={"allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
                             "timeout": timedelta(seconds=120), "connect_timeout": timedelta(seconds=5)},
             **kw)
+
+    def _count(self, op: str) -> None:
+        with self._count_lock:
+            self.requests[op] += 1
 
     def __repr__(self) -> str:
         return f"S3Backend({self.loc.url!r}, endpoint={self.endpoint!r})"
@@ -188,6 +196,7 @@ class S3Backend(Backend):
     def put(self, key: str, data, *, exclusive: bool = False) -> bool:
         from obstore import exceptions as ex
 
+        self._count("PUT")
         try:
             self._ob.put(self._store, key, bytes(data) if isinstance(data, memoryview) else data,
                          mode="create" if exclusive else "overwrite")
@@ -203,6 +212,7 @@ class S3Backend(Backend):
             raise self._fail(e, "PUT", key) from e
 
     def get(self, key: str) -> bytes:
+        self._count("GET")
         try:
             return bytes(self._ob.get(self._store, key).bytes())
         except FileNotFoundError:
@@ -213,7 +223,7 @@ class S3Backend(Backend):
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        info = None
+        self._count("GET")
         try:
             return bytes(self._ob.get_range(self._store, key, start=start, length=length))
         except FileNotFoundError:
@@ -229,6 +239,7 @@ class S3Backend(Backend):
         return self.stat(key) is not None
 
     def stat(self, key: str) -> ObjectInfo | None:
+        self._count("HEAD")
         try:
             meta = self._ob.head(self._store, key)
         except FileNotFoundError:
@@ -238,6 +249,7 @@ class S3Backend(Backend):
         return ObjectInfo(key, int(meta["size"]), meta["last_modified"].timestamp())
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._count("LIST")
         try:
             for batch in self._ob.list(self._store, prefix.strip("/") or None, chunk_size=1000):
                 for meta in batch:
@@ -253,6 +265,7 @@ class S3Backend(Backend):
         # S3 DELETE succeeds on a missing key; HEAD first to honour the "False when gone" contract.
         if not self.has(key):
             return False
+        self._count("DELETE")
         try:
             self._ob.delete(self._store, key)
         except FileNotFoundError:
