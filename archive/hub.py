@@ -158,6 +158,9 @@ def _download(ref: HubRef, cache: Path, local_only: bool, exclude: tuple[str, ..
     try:
         return Path(snapshot_download(ref.repo, revision=ref.revision or "main", cache_dir=str(cache),
                                       local_files_only=local_only, ignore_patterns=list(exclude) or None))
+    except hf_errors.IncompleteSnapshotError:  # a LocalEntryNotFoundError: test it first
+        raise InvalidInputError(f"{ref}: the cached snapshot is incomplete",
+                                hint="download it again with network access") from None
     except hf_errors.LocalEntryNotFoundError:
         raise NotFoundError(
             f"{ref} is not in the Hugging Face cache {cache}",
@@ -168,9 +171,6 @@ def _download(ref: HubRef, cache: Path, local_only: bool, exclude: tuple[str, ..
     except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as e:
         raise NotFoundError(f"{ref}: repository not found or not accessible ({type(e).__name__})",
                             hint="check the name; for a gated or private repo log in with `hf auth login`") from None
-    except hf_errors.IncompleteSnapshotError:
-        raise InvalidInputError(f"{ref}: the cached snapshot is incomplete",
-                                hint="download it again with network access") from None
     except hf_errors.HFValidationError as e:
         raise InvalidNameError(f"{ref}: {str(e).splitlines()[0]}") from None
     except hf_errors.HfHubHTTPError as e:
@@ -187,16 +187,13 @@ def _read_tree(repo_dir: Path, commit: str) -> dict:
         return {}
 
 
-def _digests(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file, in one pass."""
-    size = path.stat().st_size
-    sha = hashlib.sha256()
-    git = hashlib.sha1(f"blob {size}\0".encode())
+def _digest(path: Path, git_blob: bool) -> str:
+    """sha256 of a file, or its git blob sha1 (``sha1("blob <size>\\0" + content)``)."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode()) if git_blob else hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
-            sha.update(block)
-            git.update(block)
-    return sha.hexdigest(), git.hexdigest()
+            h.update(block)
+    return h.hexdigest()
 
 
 def verify_blob(rel: str, blob: Path, etag: str, tree_entry: dict | None = None) -> None:
@@ -205,20 +202,21 @@ def verify_blob(rel: str, blob: Path, etag: str, tree_entry: dict | None = None)
     Raises:
         EtagMismatchError: the content does not hash to its etag or to the cached listing's digest.
     """
-    sha, git = _digests(blob)
     if _SHA256.match(etag):
-        actual, kind = sha, "sha256"
+        actual, kind = _digest(blob, git_blob=False), "sha256"
     elif _COMMIT.match(etag):
-        actual, kind = git, "git blob sha1"
+        actual, kind = _digest(blob, git_blob=True), "git blob sha1"
     else:
         raise EtagMismatchError(rel, etag, "(unrecognised etag)")
     if actual != etag:
         raise EtagMismatchError(rel, etag, actual, kind=kind)
-    if tree_entry:
-        if tree_entry.get("lfs_sha256") and tree_entry["lfs_sha256"] != sha:
-            raise EtagMismatchError(rel, tree_entry["lfs_sha256"], sha, kind="sha256 (trees/ listing)")
-        if not tree_entry.get("lfs_sha256") and tree_entry.get("blob_id") and tree_entry["blob_id"] != git:
-            raise EtagMismatchError(rel, tree_entry["blob_id"], git, kind="git blob sha1 (trees/ listing)")
+    if tree_entry:  # the listing says what the Hub had at this commit: LFS files by sha256, others by blob id
+        want = tree_entry.get("lfs_sha256") or tree_entry.get("blob_id")
+        want_kind = "sha256" if tree_entry.get("lfs_sha256") else "git blob sha1"
+        if want and want_kind == kind and want != actual:
+            raise EtagMismatchError(rel, want, actual, kind=f"{kind} (trees/ listing)")
+        if want and want_kind != kind:
+            raise EtagMismatchError(rel, want, etag, kind=f"etag kind (trees/ listing says {want_kind})")
 
 
 def _refuse_pickle(rel: str, blob: Path) -> None:

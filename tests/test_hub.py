@@ -156,3 +156,50 @@ def test_bad_repo_ids_and_revisions_are_refused(ref, cli, hf_cache):
 ])
 def test_good_refs_parse(ref, repo, rev):
     assert hub.parse_hf_ref(ref) == hub.HubRef(repo, rev)
+
+
+def write_tree_listing(repo_dir: Path, model: Path, commit: str = COMMIT, tamper: str | None = None,
+                       extra: str | None = None) -> None:
+    """trees/<commit>.json as huggingface_hub >= 1.x caches it (format_version 1)."""
+    files = {}
+    for rel, data in tree_files(model).items():
+        entry = {"size": len(data), "blob_id": git_blob_sha1(data)}
+        if rel.endswith(".safetensors"):
+            sha = hashlib.sha256(data).hexdigest()
+            entry.update(lfs_sha256=("0" * 64 if rel == tamper else sha), lfs_size=len(data))
+        files[rel] = entry
+    if extra:
+        files[extra] = {"size": 1, "blob_id": "f" * 40}
+    (repo_dir / "trees").mkdir(exist_ok=True)
+    (repo_dir / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": files}))
+
+
+def test_tree_listing_is_cross_checked(hf_cache, cli, store_dir, vault):
+    model, repo_dir = hf_cache
+    write_tree_listing(repo_dir, model, tamper="model.safetensors")
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", "hf:org/tiny")
+    assert r.rc == 5 and "model.safetensors" in r.err and "trees/" in r.err, r
+    assert store_snapshot_state(store_dir) == before
+    write_tree_listing(repo_dir, model)
+    assert cli("snapshot", "hf:org/tiny").rc == 0
+
+
+def test_incomplete_snapshot_is_refused(hf_cache, cli, store_dir, vault):
+    model, repo_dir = hf_cache
+    write_tree_listing(repo_dir, model, extra="model-00002-of-00002.safetensors")
+    r = cli("snapshot", "hf:org/tiny")
+    assert r.rc == 4 and "incomplete" in r.err, r
+
+
+def test_cache_without_symlinks_needs_the_listing(hf_cache, cli, vault):
+    # huggingface_hub on a filesystem without symlinks stores real files in snapshots/
+    model, repo_dir = hf_cache
+    link = repo_dir / "snapshots" / COMMIT / "config.json"
+    data = link.read_bytes()
+    link.unlink()
+    link.write_bytes(data)
+    r = cli("snapshot", "hf:org/tiny")
+    assert r.rc == 5 and "config.json" in r.err and "unverifiable" in r.err
+    write_tree_listing(repo_dir, model)
+    assert cli("snapshot", "hf:org/tiny").rc == 0
