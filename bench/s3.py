@@ -61,7 +61,8 @@ def one_round(kind: str, location: str, src: Path, work: Path) -> dict:
     v.snapshot(src, "minilm")
     snap_s = time.perf_counter() - t
     snap_req = total_requests(v.store) if kind != "local" else None
-    objects = sum(1 for p in ("chunks/", "manifests/", "refs/") for _ in v.store.backend.list(p))
+    physical = getattr(v.store.backend, "inner", v.store.backend)  # packs, not the chunks inside them
+    objects = sum(1 for p in ("chunks/", "packs/", "packidx/", "manifests/", "refs/") for _ in physical.list(p))
     v2 = Vault.open(location)  # another process's view: pack indexes loaded from the bucket
     base = total_requests(v2.store) if kind != "local" else 0
     out = work / f"restore-{kind}"

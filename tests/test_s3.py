@@ -295,3 +295,16 @@ def test_server_killed_mid_snapshot_loses_nothing_and_the_rerun_succeeds(tmp_pat
         assert v.verify().ok
     finally:
         srv.stop()
+
+
+def test_sequential_restore_reads_whole_runs_of_chunks_per_get(s3_store_url, tmp_path):
+    store = Store.init(s3_store_url)
+    t = toy_tensors(seed=40, layers=16, width=128)
+    write_model(tmp_path / "m", t)
+    res = Vault(store).snapshot(tmp_path / "m", "toy")
+    n_chunks = sum(len(f.chunks) for f in res.manifest.files)
+    v = Vault.open(s3_store_url)
+    v.restore("toy@1", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "m")
+    gets = v.store.backend.requests["range_get"]
+    assert gets < n_chunks / 4, (gets, n_chunks)  # readahead: a few GETs per pack, not one per chunk
