@@ -33,7 +33,7 @@ def gpt_report(tmp_path_factory):
     v.snapshot(tmp / "gpt2", "gpt")
     html = tmp / "diff.html"
     rc = main(["--store", str(tmp / "store"), "diff", "gpt@1", "gpt@2", "--prompts",
-               str(write_prompts(tmp / "p.jsonl")), "--html", str(html), "--json"])
+               str(write_prompts(tmp / "p.jsonl")), "--html", str(html), "--json", "--max-new-tokens", "6"])
     assert rc == 0
     return html
 
