@@ -152,7 +152,7 @@ class SeaweedServer:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(5)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 self.kill()
 
