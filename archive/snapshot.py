@@ -27,7 +27,7 @@ from pathlib import Path
 
 from weightvault.archive import card, codecs, ids, paths
 from weightvault.archive.manifest import FileEntry, Manifest, TensorEntry
-from weightvault.archive.safetensors_header import read_header
+from weightvault.archive.safetensors_header import DTYPE_BITS, read_header
 from weightvault.archive.store import Store, now_iso
 from weightvault.errors import (
     AlreadyExistsError,
@@ -66,6 +66,7 @@ class Segment:
         dtype: dtype of the tensor it belongs to, or None.
         tensor: tensor name, or None (header, other files).
         piece: index of this piece within its tensor.
+        shape: shape of the tensor it belongs to, or ().
     """
 
     start: int
@@ -73,6 +74,7 @@ class Segment:
     dtype: str | None = None
     tensor: str | None = None
     piece: int = 0
+    shape: tuple = ()
 
 
 @dataclass
@@ -162,18 +164,29 @@ def plan_segments(src: SourceFile, chunk_size: int):
         tensors = []
         for t in header.tensors:
             first = len(segs)
-            _split(segs, t.begin, t.end, chunk_size, t.dtype, t.name)
+            _split(segs, t.begin, t.end, piece_bytes(chunk_size, t.dtype), t.dtype, t.name, t.shape)
             tensors.append(TensorEntry(t.name, t.dtype, t.shape, t.begin, t.end, first, len(segs) - first))
         return "safetensors", tensors, segs
     _split(segs, 0, src.size, chunk_size)
     return "blob", [], segs
 
 
-def _split(segs, start, end, size, dtype=None, tensor=None):
+def piece_bytes(chunk_size: int, dtype: str | None) -> int:
+    """Bytes per tensor piece: a fixed element count (chunk_size / 4 elements,
+    chunk_size / 8 for 8-byte dtypes), so piece K of a bf16 copy covers the same
+    elements as piece K of its fp32 source (archive/cast.py)."""
+    bits = DTYPE_BITS.get(dtype or "", 0)
+    if bits % 8 or not bits:
+        return chunk_size
+    itemsize = bits // 8
+    return max(1, chunk_size // max(4, itemsize)) * itemsize
+
+
+def _split(segs, start, end, size, dtype=None, tensor=None, shape=()):
     piece = 0
     while start < end:
         stop = min(start + size, end)
-        segs.append(Segment(start, stop, dtype, tensor, piece))
+        segs.append(Segment(start, stop, dtype, tensor, piece, tuple(shape)))
         start, piece = stop, piece + 1
 
 
@@ -314,6 +327,10 @@ def snapshot(
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(f.size for f in files))
 
+    if encode is None:  # the engine: deltas against the parent, casts, float codecs
+        from weightvault.archive import engine
+
+        encode = engine.make_encoder(store, parent_id, model)
     writer = ChunkWriter(store, workers=workers, encode=encode)
     entries = []
     n_params = 0
@@ -330,6 +347,7 @@ def snapshot(
 
     meta = dict(metadata or {})
     meta.setdefault("n_parameters", n_params)
+    meta.update(getattr(encode, "manifest_metadata", dict)())  # the engine's derivations
     auto = version is None
     version = version or next_version(store, model)
     while True:

@@ -29,7 +29,7 @@ VERSION_INDEXERS: list = []
 VERSION_TABLES: list[str] = ["file_chunks", "tensors", "files", "version_tags"]
 EVENT_INDEXERS: dict = {}
 # Modules that register indexers; imported once by load_plugins().
-PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.distill"]
+PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.distill", "weightvault.catalog.derivations"]
 _loaded = False
 
 

@@ -195,6 +195,16 @@ class ChunkMissingError(IntegrityError):
         self.chunk_id = chunk_id
 
 
+class DeltaBaseMissingError(ChunkMissingError):
+    """A delta or cast chunk's base is gone; ``chunk_id`` is the missing base."""
+
+    def __init__(self, base_id: str, needed_by: str, **kw):
+        IntegrityError.__init__(self, f"chunk {base_id} is missing from the store "
+                                f"(it is the delta base of chunk {needed_by})", **kw)
+        self.chunk_id = base_id
+        self.needed_by = needed_by
+
+
 class EtagMismatchError(IntegrityError):
     """A Hub cache file does not hash to its etag (sha256 for LFS files, git sha1 otherwise)."""
 

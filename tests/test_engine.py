@@ -1,0 +1,251 @@
+"""The compression engine: float codec, deltas, casts, chain bounds, hostile containers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import toy_tensors, tree_files, write_model
+from weightvault.archive import cast, codecs, delta, engine, floatsplit, ids
+from weightvault.archive.safetensors_header import build_file
+from weightvault.errors import ChunkCorruptError, DeltaBaseMissingError
+
+
+def bf16_rne(a: np.ndarray) -> np.ndarray:
+    """Reference bf16 round-to-nearest-even via torch (the converter users run)."""
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def weights(seed: int, n: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * 0.05).astype(np.float32)
+
+
+def round_trip(raw: bytes, enc: codecs.EncodedChunk, get_raw=None) -> bytes:
+    return codecs.decode_chunk(enc.container, ids.content_id(raw), get_raw, expected_len=len(raw))
+
+
+# -- codecs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,np_dtype", [("F32", np.float32), ("BF16", np.uint16)])
+def test_fsplit_round_trips_and_beats_bytegroup(dtype, np_dtype):
+    w = weights(1, 1 << 16)
+    raw = (w if dtype == "F32" else bf16_rne(w)).tobytes()
+    cid = ids.content_id(raw)
+    enc = codecs.encode_chunk(raw, cid, dtype=dtype)
+    assert enc.codec == "fsplit"
+    assert round_trip(raw, enc) == raw
+    streams, kinds = codecs._encode_planes(raw, 4 if dtype == "F32" else 2, 1)
+    assert len(enc.container) < sum(len(v) for v in streams.values())
+
+
+def test_fsplit_escapes_rare_exponents():
+    # more than 15 distinct exponents: the rare ones go through the escape stream
+    w = np.concatenate([weights(2, 4096), np.float32(2.0) ** np.arange(-60, 60, dtype=np.float32),
+                        np.array([0, -0.0, np.inf, -np.inf, np.nan, 1e-45], dtype=np.float32)])
+    raw = w.tobytes()
+    enc = floatsplit.encode(raw, ids.content_id(raw), "F32", 1)
+    h = codecs.parse_container(enc.container, ids.content_id(raw))
+    assert h.streams["x"][1] > h.streams["x"][0]
+    assert round_trip(raw, enc) == raw
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["F32", "BF16", "F16", "F64", "I64", "I32", "U8", "F8_E4M3", None]),
+       data=st.binary(min_size=0, max_size=4096), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+def test_codecs_round_trip_any_dtype_and_size(dtype, data, n, seed):
+    size = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}.get(dtype, 1)
+    rng = np.random.default_rng(seed)
+    raw = (data + rng.integers(0, 256, n * size, dtype=np.uint8).tobytes())
+    raw = raw[: len(raw) - len(raw) % size] or bytes(size)
+    cid = ids.content_id(raw)
+    enc = codecs.encode_chunk(raw, cid, dtype=dtype)
+    assert len(enc.container) <= len(raw) + 1024
+    assert round_trip(raw, enc) == raw
+    # a delta against any same-length base, and a cast against any fp32 base
+    base = rng.integers(0, 256, len(raw), dtype=np.uint8).tobytes()
+    bid = ids.content_id(base)
+    for codecs_to_try in ((delta.XOR,), (delta.SUB,)):
+        d = delta.encode(raw, cid, base, bid, itemsize=size, codecs_to_try=codecs_to_try)
+        assert round_trip(raw, d, {bid: base}.__getitem__) == raw
+    if dtype in cast.RECIPES:
+        fbase = rng.integers(0, 256, 2 * len(raw), dtype=np.uint8).tobytes()
+        c = cast.encode(raw, cid, dtype, fbase, ids.content_id(fbase))
+        assert round_trip(raw, c, {ids.content_id(fbase): fbase}.__getitem__) == raw
+
+
+def test_old_codecs_still_decode():
+    raw = weights(3, 1000).tobytes()
+    cid = ids.content_id(raw)
+    streams, kinds = codecs._encode_planes(raw, 4, 3)
+    old = codecs.container(codecs.chunk_meta(cid, len(raw), "bytegroup", itemsize=4, planes=",".join(kinds),
+                                             level=3), streams)
+    assert codecs.decode_chunk(old, cid) == raw
+    z = codecs.container(codecs.chunk_meta(cid, len(raw), "zstd", level=3), {"data": zstandard.compress(raw)})
+    assert codecs.decode_chunk(z, cid) == raw
+
+
+def test_zstd_bomb_container_is_refused():
+    # a stream whose frame claims far more than the chunk's raw length
+    raw = weights(4, 256).tobytes()
+    cid = ids.content_id(raw)
+    enc = floatsplit.encode(raw, cid, "F32", 1)
+    h = codecs.parse_container(enc.container, cid)
+    bomb = zstandard.ZstdCompressor(level=1).compress(bytes(64 << 20))
+    streams = {k: enc.container[b:e] for k, (b, e) in h.streams.items()}
+    streams["j"] = bomb
+    meta = dict(h.meta, kinds="zstd," + h.meta["kinds"].split(",", 1)[1])
+    evil = build_file({k: ("U8", (len(v),), v) for k, v in streams.items()}, meta)
+    with pytest.raises(ChunkCorruptError, match="claims 67108864 bytes"):
+        codecs.decode_chunk(evil, cid)
+
+
+# -- deltas --------------------------------------------------------------------
+
+
+def test_delta_round_trip_is_byte_exact_and_small():
+    old = weights(5, 1 << 16)
+    new = old + (weights(6, 1 << 16) * 1e-3) * old
+    raw, base = new.tobytes(), old.tobytes()
+    cid, bid = ids.content_id(raw), ids.content_id(base)
+    d = delta.encode(raw, cid, base, bid, itemsize=4, base_depth=2)
+    h = codecs.parse_container(d.container, cid)
+    assert h.base == bid and h.meta["depth"] == "3" and d.base == bid
+    assert round_trip(raw, d, {bid: base}.__getitem__) == raw
+    full = codecs.encode_chunk(raw, cid, dtype="F32")
+    assert len(d.container) < 0.8 * len(full.container)
+
+
+def test_delta_whose_base_is_missing_names_the_base(vault, tmp_path):
+    t = toy_tensors(seed=7, width=128)
+    write_model(tmp_path / "v1", t)
+    vault.snapshot(tmp_path / "v1", "toy")
+    t2 = {k: (v * np.float32(1.0001) if v.dtype == np.float32 else v) for k, v in t.items()}
+    write_model(tmp_path / "v2", t2)
+    r2 = vault.snapshot(tmp_path / "v2", "toy")
+    deltas = {c: i for c, i in r2.stats.new_chunk_info.items() if i[2].startswith("delta-")}
+    assert deltas, r2.stats.new_chunk_info
+    cid, (_, _, _, base) = next(iter(deltas.items()))
+    (vault.store.root / vault.store.chunk_key(base)).unlink()
+    delta.BASES._d.clear()
+    with pytest.raises(DeltaBaseMissingError) as err:
+        vault.store.read_chunk(cid)
+    assert err.value.chunk_id == base and base in str(err.value) and cid in str(err.value)
+
+
+def test_delta_chain_is_bounded(vault, tmp_path):
+    t = toy_tensors(seed=8, width=128)
+    versions = []
+    for i in range(delta.MAX_CHAIN + 4):
+        t = {k: (v + np.float32(1e-4) * np.sign(v) if v.dtype == np.float32 else v) for k, v in t.items()}
+        write_model(tmp_path / f"v{i}", t)
+        versions.append(vault.snapshot(tmp_path / f"v{i}", "toy"))
+    depths = []
+    for r in versions:
+        for cid in r.stats.new_chunk_info:
+            h, _ = vault.store.chunk_header(cid)
+            depths.append(delta.chain_depth(h))
+    assert max(depths) == delta.MAX_CHAIN  # chains grew to the bound...
+    assert depths.count(0) > len(versions[0].stats.new_chunk_info)  # ...then restarted from full chunks
+    rows = vault.sql("SELECT count(*) FROM chunks WHERE base_id IS NOT NULL")[1]
+    assert rows[0][0] > 0
+    out = tmp_path / "out"
+    vault.restore(f"toy@{versions[-1].version}", out)
+    assert tree_files(out) == tree_files(tmp_path / f"v{len(versions) - 1}")
+
+
+# -- casts and the engine on a real model ------------------------------------------
+
+
+def test_bf16_cast_is_stored_as_recipe_and_recorded(vault, tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    t = {k: torch.from_numpy(v) for k, v in toy_tensors(seed=9, width=256).items()}
+    write_model(tmp_path / "fp32", {k: v.numpy() for k, v in t.items()})
+    r1 = vault.snapshot(tmp_path / "fp32", "toy")
+    bf = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in t.items()}
+    bf["encoder.layer.0.weight"] = bf["encoder.layer.0.weight"].clone()
+    bf["encoder.layer.0.weight"][0, :3] += 1  # not exact: a residual
+    tr = {k: v for k, v in t.items()}
+    tr["encoder.layer.1.weight"] = (t["encoder.layer.1.weight"].view(torch.int32) >> 16 << 16).view(torch.float32)
+    bf["encoder.layer.1.weight"] = tr["encoder.layer.1.weight"].to(torch.bfloat16)  # truncation == rne here
+    write_model(tmp_path / "bf16", {k: v.numpy() for k, v in t.items()})  # config etc.
+    save_file(bf, str(tmp_path / "bf16" / "model.safetensors"))
+    r2 = vault.snapshot(tmp_path / "bf16", "toy")
+    codec_of = {c: i[2] for c, i in r2.stats.new_chunk_info.items()}
+    f = r2.manifest.file("model.safetensors")
+    for tt in f.tensors:
+        if tt.dtype == "BF16":
+            assert {codec_of.get(c) for c, _ in f.tensor_chunks(tt)} == {"cast"}, tt.name
+    tensor_bytes = sum(tt.end - tt.begin for tt in f.tensors if tt.dtype == "BF16")
+    cast_bytes = sum(i[1] for i in r2.stats.new_chunk_info.values() if i[2] == "cast")
+    assert cast_bytes < tensor_bytes / 20
+    out = tmp_path / "out"
+    vault.restore("toy@2", out)
+    assert tree_files(out) == tree_files(tmp_path / "bf16")
+    # the derivation is in the catalog, and survives a rebuild from the store
+    q = "SELECT tensor, source_version, recipes, exact_pieces, differing_elements FROM tensor_derivations ORDER BY 1"
+    rows = vault.sql(q)[1]
+    assert {r[0] for r in rows} == {tt.name for tt in f.tensors if tt.dtype == "BF16"}
+    by = {r[0]: r for r in rows}
+    assert by["encoder.layer.0.weight"][3:] == (0, 3) and by["embeddings.weight"][3:] == (1, 0)
+    assert all(r[1] == r1.version for r in rows)
+    vault.catalog.rebuild()
+    assert vault.sql(q)[1] == rows
+
+
+def test_cast_recipes_match_torch():
+    torch = pytest.importorskip("torch")
+    w = np.concatenate([weights(10, 10000), np.array([np.inf, -np.inf, 0, -0.0, 3.4e38, 1e-40], np.float32)])
+    tw = torch.from_numpy(w)
+    assert np.array_equal(cast.apply("bf16-rne", w.tobytes()), tw.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+    assert np.array_equal(cast.apply("f16-rne", w.tobytes()), tw.to(torch.float16).view(torch.int16).numpy().view(np.uint16))
+    assert np.array_equal(cast.apply("bf16-trunc", w.tobytes()), (w.view(np.uint32) >> 16).astype(np.uint16))
+
+
+def test_engine_is_file_independent_and_hash_named(vault, tmp_path):
+    t = toy_tensors(seed=11, width=128)
+    write_model(tmp_path / "v1", t)
+    vault.snapshot(tmp_path / "v1", "toy")
+    t2 = {k: (v + np.float32(1e-5) if v.dtype == np.float32 else v) for k, v in t.items()}
+    names = sorted(t2)
+    write_model(tmp_path / "v2", t2, shards=[names[::2], names[1::2]])  # other files, other order
+    r2 = vault.snapshot(tmp_path / "v2", "toy")
+    infos = r2.stats.new_chunk_info
+    assert any(i[2].startswith("delta-") for i in infos.values())
+    for cid in infos:
+        raw = vault.store.read_chunk(cid)
+        assert ids.content_id(raw) == cid  # a delta is only how a chunk is stored
+    out = tmp_path / "out"
+    vault.restore("toy@2", out)
+    assert tree_files(out) == tree_files(tmp_path / "v2")
+    assert engine.tensor_index(r2.manifest, r2.manifest_id)["encoder.layer.0.weight"].dtype == "F32"
+
+
+@pytest.mark.slow
+def test_minilm_series_round_trips(vault, minilm_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    import shutil
+
+    r1 = vault.snapshot(minilm_dir, "minilm")
+    t = load_file(str(minilm_dir / "model.safetensors"))
+    bf = tmp_path / "bf16"
+    shutil.copytree(minilm_dir, bf)
+    save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in t.items()},
+              str(bf / "model.safetensors"), metadata={"format": "pt"})
+    r2 = vault.snapshot(bf, "minilm")
+    assert r2.stats.new_stored_bytes < 200_000
+    assert r1.stats.new_stored_bytes < 0.83 * r1.stats.raw_bytes
+    vault.restore("minilm@2", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(bf)
+    d = json.loads(vault.sql("SELECT to_json(list(recipes)) FROM derivations")[1][0][0])
+    assert d and all(r == ["bf16-rne"] for r in d)
