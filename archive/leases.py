@@ -54,6 +54,7 @@ class LeaseLock:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._guard = threading.Lock()
+        self._acquiring = threading.Lock()
 
     # -- records ---------------------------------------------------------------
 
@@ -102,20 +103,21 @@ class LeaseLock:
     # -- acquire / release -----------------------------------------------------
 
     def acquire(self, *, shared: bool, timeout: float | None = None, op: str = "") -> None:
-        with self._guard:
-            if self._depth:
-                if not shared and self._shared:
-                    raise RuntimeError(f"cannot upgrade the {self.what} lock from shared to exclusive")
-                self._depth += 1
-                return
         from weightvault.archive.locking import DEFAULT_TIMEOUT
 
-        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
-        rec = self._record(op or ("shared" if shared else "exclusive"))
-        key = self._acquire_shared(rec, deadline) if shared else self._acquire_exclusive(rec, deadline)
-        with self._guard:
-            self._key, self._shared, self._depth, self._body = key, shared, 1, rec
-        self._start_renewer()
+        with self._acquiring:  # threads sharing this object take the lease once, then count
+            with self._guard:
+                if self._depth:
+                    if not shared and self._shared:
+                        raise RuntimeError(f"cannot upgrade the {self.what} lock from shared to exclusive")
+                    self._depth += 1
+                    return
+            deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+            rec = self._record(op or ("shared" if shared else "exclusive"))
+            key = self._acquire_shared(rec, deadline) if shared else self._acquire_exclusive(rec, deadline)
+            with self._guard:
+                self._key, self._shared, self._depth, self._body = key, shared, 1, rec
+            self._start_renewer()
 
     def _wait(self, deadline: float, delay: float, holders) -> float:
         if time.monotonic() >= deadline:

@@ -352,3 +352,30 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
     store.lock = LeaseLock(raw_backend, f"store {loc.url}")
     store.url = loc.url
     return store
+
+
+def export_catalog(vault, url: str) -> list[dict]:
+    """``weightvault catalog export s3://BUCKET/PATH``: every catalog table as ``PATH/<table>.parquet``.
+
+    Writes the Parquet files locally (weightvault.provenance.export_catalog), then
+    PUTs each one; anyone can then query them with DuckDB's httpfs
+    (``FROM read_parquet('s3://BUCKET/PATH/versions.parquet')``).
+
+    Returns:
+        [{table, rows, path}] with ``path`` the s3:// URL of each file.
+    """
+    import tempfile
+
+    from weightvault import provenance
+
+    loc = S3Location.parse(url)
+    backend = S3Backend(S3Location(loc.bucket, ""))
+    with tempfile.TemporaryDirectory(prefix="wv-export-") as tmp:
+        done = provenance.export_catalog(vault, tmp)
+        out = []
+        for d in done:
+            name = Path(d["path"]).name
+            key = f"{loc.prefix}/{name}" if loc.prefix else name
+            backend.put(key, Path(d["path"]).read_bytes())
+            out.append({**d, "path": f"{SCHEME}{loc.bucket}/{key}"})
+    return out

@@ -308,3 +308,17 @@ def test_sequential_restore_reads_whole_runs_of_chunks_per_get(s3_store_url, tmp
     assert tree_files(tmp_path / "out") == tree_files(tmp_path / "m")
     gets = v.store.backend.requests["range_get"]
     assert gets < n_chunks / 4, (gets, n_chunks)  # readahead: a few GETs per pack, not one per chunk
+
+
+def test_catalog_export_writes_parquet_into_the_bucket(s3_store_url, seaweed, s3_bucket, toy_model, cli, tmp_path):
+    import duckdb
+
+    assert cli("snapshot", toy_model, "--model", "toy", store=s3_store_url).rc == 0
+    r = cli("catalog", "export", f"s3://{s3_bucket}/shared/catalog", "--json", store=s3_store_url)
+    assert r.rc == 0, r
+    paths = {d["table"]: d["path"] for d in r.json()}
+    assert paths["versions"] == f"s3://{s3_bucket}/shared/catalog/versions.parquet"
+    body = seaweed.client().get_object(Bucket=s3_bucket, Key="shared/catalog/versions.parquet")["Body"].read()
+    (tmp_path / "v.parquet").write_bytes(body)
+    rows = duckdb.sql(f"SELECT model, version FROM read_parquet('{tmp_path / 'v.parquet'}')").fetchall()
+    assert rows == [("toy", "1")]

@@ -291,7 +291,12 @@ def cmd_catalog_export(args):
     from weightvault import provenance as pv
     from weightvault._ui import err_console, print_json
 
-    done = pv.export_catalog(open_vault(args), args.dir)
+    if str(args.dir).startswith("s3://"):  # into a bucket (issue 8): archive/s3.py
+        from weightvault.archive import s3
+
+        done = s3.export_catalog(open_vault(args), args.dir)
+    else:
+        done = pv.export_catalog(open_vault(args), args.dir)
     if args.json:
         print_json(done)
     else:
