@@ -90,7 +90,7 @@ def register(sub, common):
     c.set_defaults(func=cmd_catalog_path)
     c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet",
                     example="weightvault catalog export ./catalog-parquet", parents=[common])
-    c.add_argument("dir", help="output folder")
+    c.add_argument("dir", help="output folder, or s3://BUCKET/PATH to write into a bucket")
     c.set_defaults(func=cmd_catalog_export)
 
     p = add_command(sub, "demo", help="archive the real all-MiniLM-L6-v2, add a version, query, restore",
