@@ -20,6 +20,9 @@ from pathlib import Path
 from weightvault.errors import LockBusyError
 
 DEFAULT_TIMEOUT = float(os.environ.get("WEIGHTVAULT_LOCK_TIMEOUT", "600"))
+# A record older than this is stale even when its pid cannot be checked (another host):
+# no weightvault operation waits for or holds a catalog lock this long.
+STALE_AFTER_S = float(os.environ.get("WEIGHTVAULT_LOCK_STALE_S", "3600"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -35,10 +38,15 @@ def _pid_alive(pid: int) -> bool:
 class FileLock:
     """A shared/exclusive lock on ``path``, re-entrant per process and mode."""
 
-    def __init__(self, path: str | os.PathLike, what: str):
+    def __init__(self, path: str | os.PathLike, what: str, *, writer_priority: bool = False):
         self.path = Path(path)
         self.what = what
         self.holders = self.path.with_name(self.path.name + ".holders")
+        # With writer priority an exclusive waiter announces itself and new shared holders
+        # wait behind it: a loop of short readers can otherwise starve a writer forever
+        # (flock has no queue). Used for the catalog lock, whose holds are all short.
+        self.writer_priority = writer_priority
+        self.waiting = self.path.with_name(self.path.name + ".writers")
         self._fd: int | None = None
         self._depth = 0
         self._mode: int | None = None
@@ -72,18 +80,55 @@ class FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockBusyError(self.what, self._describe_holders()) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+        intent = self._announce(op) if self.writer_priority and not shared else None
+        try:
+            while True:
+                try:
+                    if shared and self.writer_priority and self._writer_waiting():
+                        raise BlockingIOError
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise LockBusyError(self.what, self._describe_holders()) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.25 if intent is None else 0.02)
+        finally:
+            if intent is not None:
+                intent.unlink(missing_ok=True)
         self._fd, self._mode, self._depth = fd, mode, 1
         self._write_record(op or ("shared" if shared else "exclusive"))
+
+    def _announce(self, op: str) -> Path | None:
+        try:
+            self.waiting.mkdir(exist_ok=True)
+            p = self.waiting / f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+            p.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "op": op,
+                                     "since": time.time()}))
+            return p
+        except OSError:
+            return None  # advisory, like the holder records
+
+    def _writer_waiting(self) -> bool:
+        """True when a live process waits for this lock exclusively (stale announcements are removed)."""
+        try:
+            entries = list(self.waiting.iterdir())
+        except FileNotFoundError:
+            return False
+        host, now = socket.gethostname(), time.time()
+        for p in entries:
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            mine = rec.get("pid") == os.getpid() and rec.get("host") == host
+            dead = rec.get("host") == host and not _pid_alive(int(rec.get("pid", 0)))
+            if dead or now - rec.get("since", now) > STALE_AFTER_S:
+                p.unlink(missing_ok=True)
+            elif not mine:
+                return True
+        return False
 
     def _write_record(self, op: str) -> None:
         try:

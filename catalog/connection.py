@@ -42,7 +42,7 @@ class Catalog:
     def __init__(self, store: Store, *, lock_timeout: float | None = None):
         self.store = store
         self.path = store.catalog_path
-        self.lock = FileLock(store.root / "locks" / "catalog.lock", f"catalog {self.path}")
+        self.lock = FileLock(store.root / "locks" / "catalog.lock", f"catalog {self.path}", writer_priority=True)
         self.lock_timeout = lock_timeout
 
     # -- low level -------------------------------------------------------------

@@ -129,8 +129,20 @@ def _pickle_cases(tmp_path: Path, marker: Path) -> dict[str, bytes]:
     return cases
 
 
-@pytest.mark.parametrize("suffix", [".bin", ".pt", ".pth", ".ckpt"])
-def test_malicious_pickles_refused_by_default_and_by_the_converter(suffix, tmp_path, vault, store_dir, cli):
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt"])
+def test_every_pickle_suffix_is_refused_by_default(suffix, tmp_path, vault, store_dir, cli):
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(2)}, folder / f"weights{suffix}")
+    before = _listing(store_dir)
+    r = cli("snapshot", folder, "--model", "p")
+    assert r.rc == errors.PickleRefusedError.exit_code and "--convert-pickle" in r.err, r
+    assert _listing(store_dir) == before
+
+
+def test_malicious_pickles_refused_by_default_and_by_the_converter(tmp_path, vault, store_dir, cli):
+    suffix = ".bin"
     marker = tmp_path / "PWNED"
     (tmp_path / "src").mkdir()
     for case, data in _pickle_cases(tmp_path / "src", marker).items():
