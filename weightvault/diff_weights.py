@@ -292,7 +292,7 @@ def _jobs(pending):
     for name, (fa, ta), (fb, tb) in pending:
         ca, cb = fa.tensor_chunks(ta), fb.tensor_chunks(tb)
         if ta.dtype == tb.dtype and [n for _, n in ca] == [n for _, n in cb]:
-            for x, y in zip(ca, cb):
+            for x, y in zip(ca, cb, strict=True):
                 yield name, (lambda r, x=x, y=y, dt=ta.dtype: _aligned_piece(r, x, y, dt))
         else:
             yield name, (lambda r, ca=ca, cb=cb, da=ta.dtype, db=tb.dtype: _streamed(r, ca, da, cb, db))

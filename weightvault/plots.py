@@ -49,7 +49,7 @@ def hbar_chart(labels, values, *, title: str, width: int = 760, highlight: int |
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
              f'<text x="4" y="16" {FONT} font-weight="bold">{escape(title)}</text>']
-    for i, (lab, v) in enumerate(zip(labels, vals)):
+    for i, (lab, v) in enumerate(zip(labels, vals, strict=True)):
         y = top + i * row
         w = max(1.0, plot_w * v / vmax) if v > 0 else 0.0
         color = ACCENT if i == highlight else BAR

@@ -49,7 +49,7 @@ def _table(columns, rows, numeric=()) -> str:
     body = []
     for r in rows:
         cells = []
-        for c, v in zip(columns, r):
+        for c, v in zip(columns, r, strict=True):
             if c == "status":
                 cells.append(f'<td class="{escape(str(v))}">{escape(str(v))}</td>')
             elif c == "cosine" and isinstance(v, float):

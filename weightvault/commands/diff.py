@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from weightvault.cli import add_command, open_vault
 
 TOP = 20
@@ -46,10 +48,28 @@ def run_diff(v, args) -> dict:
     if prompts is not None:
         from weightvault.diff_behaviour import diff_behaviour
 
-        bd = diff_behaviour(v, wd.a, wd.b, prompts, identical=wd.identical, device=args.device,
-                            dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+        with _prompt_bar("prompts", len(prompts.prompts), enabled=not args.json) as bar:
+            bd = diff_behaviour(v, wd.a, wd.b, prompts, identical=wd.identical, device=args.device,
+                                dtype=args.dtype, max_new_tokens=args.max_new_tokens, progress=bar)
         d["behaviour"] = bd.to_dict()
     return d
+
+
+@contextmanager
+def _prompt_bar(description: str, total: int, *, enabled: bool = True):
+    """A prompts-done bar on stderr (terminal only); yields callable(n)."""
+    from weightvault._ui import err_console
+
+    console = err_console()
+    if not enabled or not console.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as p:
+        task = p.add_task(description, total=total)
+        yield lambda n: p.advance(task, n)
 
 
 def cmd_diff(args):
