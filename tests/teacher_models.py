@@ -52,3 +52,17 @@ def make_tiny_gpt2(folder: Path, *, steps: int = 30, seed: int = 0) -> Path:
     model.eval()
     model.save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_bert_mlm(folder: Path, *, seed: int = 0) -> Path:
+    """A 2-layer BertForMaskedLM (hidden 32, random weights) with the CORPUS tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(cfg).eval().save_pretrained(str(folder))
+    return folder

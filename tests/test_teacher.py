@@ -272,3 +272,27 @@ def test_gpu_load_and_distill_in_bf16(gpt2_vault, gpt2_dir, prompts_file, tmp_pa
     d = distill_drift.rerun(gpt2_vault, res.run_id)
     assert d.rerun.payload["device"].startswith("cuda")
     assert 0 <= d.metrics["exact_match_rate"] <= 1 and np.isfinite(d.metrics["kl_max"])
+
+
+def test_masked_lm_token_logits_and_pooled_embeddings(vault, tmp_path, prompts_file, cli):
+    from teacher_models import make_tiny_bert_mlm
+
+    folder = make_tiny_bert_mlm(tmp_path / "bert")
+    vault.snapshot(folder, "tiny-bert")
+    out = tmp_path / "mlm.parquet"
+    r = cli("distill", "tiny-bert@1", "--prompts", prompts_file, "--out", out, "--token-logits", "--top-k", 3,
+            "--logprob-dtype", "float32", "--device", "cpu", "--json")
+    assert r.rc == 0, r
+    assert r.json()["teacher"]["kind"] == "masked-lm"
+    ref = transformers.AutoModelForMaskedLM.from_pretrained(str(folder)).eval()
+    for row in pq.read_table(str(out)).to_pylist():
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            o = ref(ids, output_hidden_states=True)
+        v, i = torch.log_softmax(o.logits[0], -1).topk(3, -1)
+        assert row["topk_ids"] == i.reshape(-1).tolist()
+        np.testing.assert_allclose(row["topk_logprobs"], v.reshape(-1).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row["embedding"], o.hidden_states[-1][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    r = cli("distill", "tiny-bert@1", "--prompts", prompts_file, "--out", out,
+            "--token-logits", "--top-k", 0)
+    assert r.rc == 2 and "--top-k" in r.err
