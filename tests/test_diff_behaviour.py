@@ -145,3 +145,22 @@ def test_stored_topk_of_distillation_runs_is_reused(gpt_store, tmp_path, cli):
     assert [r["text_a"] for r in b["per_prompt"]] == stored_a
     # the full-vocabulary figures are still computed from the models
     assert b["summary"]["kl_mean"] > 0 and b["summary"]["positions"] == sum(r["tokens"] for r in b["per_prompt"])
+
+
+def test_position_blocks_do_not_change_the_figures(gpt_store, monkeypatch):
+    """Long prompts are compared a block of positions at a time; block edges must not show."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from weightvault import diff_behaviour
+
+    a = GPT2LMHeadModel.from_pretrained(str(gpt_store["orig"])).eval()
+    b = GPT2LMHeadModel.from_pretrained(str(gpt_store["perturbed"])).eval()
+    ids = torch.arange(3, 40)[None]
+    whole = diff_behaviour.compare_causal_prompt(torch, a, b, ids)
+    monkeypatch.setattr(diff_behaviour, "POSITION_BLOCK", 5)
+    blocked = diff_behaviour.compare_causal_prompt(torch, a, b, ids)
+    assert blocked["kl"] == pytest.approx(whole["kl"], rel=1e-12) and blocked["top1"] == whole["top1"]
+    assert blocked["nll_a"] == pytest.approx(whole["nll_a"], rel=1e-12) and blocked["n_pred"] == 36
+    with torch.no_grad():
+        assert blocked["nll_a"] / 36 == pytest.approx(a(ids, labels=ids).loss.item(), rel=1e-5)

@@ -97,26 +97,39 @@ def _finite(x):
 # -- causal LMs ----------------------------------------------------------------
 
 
+POSITION_BLOCK = 64  # float64 log-probs of 64 positions x a 150k vocabulary: ~75 MB per array
+
+
 def compare_causal_prompt(torch, model_a, model_b, ids) -> dict:
     """Teacher-forced comparison of one tokenised prompt (1 x L ids on the models' device).
+
+    The distributions are compared in float64, a block of positions at a time
+    so a large vocabulary never needs (L x V) float64 arrays at once.
 
     Returns:
         dict with kl (per position, list), top1 (per position, list of bool),
         nll_a, nll_b (summed next-token NLL of the prompt) and n_pred (tokens predicted).
     """
     with torch.no_grad():
-        la = model_a(input_ids=ids).logits[0].double()
-        lb = la if model_b is model_a else model_b(input_ids=ids).logits[0].double()
+        la = model_a(input_ids=ids).logits[0]
+        lb = la if model_b is model_a else model_b(input_ids=ids).logits[0]
     if la.shape[-1] != lb.shape[-1]:
         raise UsageError(f"the versions' vocabularies differ ({la.shape[-1]} vs {lb.shape[-1]} logits)",
                          hint="a behaviour diff of causal LMs needs one shared vocabulary")
-    lpa, lpb = la.log_softmax(-1), lb.log_softmax(-1)
-    kl = (lpa.exp() * (lpa - lpb)).sum(-1).clamp_min(0.0)  # rounding can dip a hair below 0
-    top1 = la.argmax(-1) == lb.argmax(-1)
-    target = ids[0, 1:, None]
-    nll_a = float(-lpa[:-1].gather(1, target).sum()) if ids.shape[1] > 1 else 0.0
-    nll_b = float(-lpb[:-1].gather(1, target).sum()) if ids.shape[1] > 1 else 0.0
-    return {"kl": kl.tolist(), "top1": top1.tolist(), "nll_a": nll_a, "nll_b": nll_b, "n_pred": ids.shape[1] - 1}
+    n = ids.shape[1]
+    targets = torch.cat([ids[0, 1:], ids[0, :1]])  # position i predicts token i+1 (the last one: unused)
+    kl, top1, nll_a, nll_b = [], [], 0.0, 0.0
+    for start in range(0, n, POSITION_BLOCK):
+        sl = slice(start, min(start + POSITION_BLOCK, n))
+        lpa, lpb = la[sl].double().log_softmax(-1), lb[sl].double().log_softmax(-1)
+        kl += (lpa.exp() * (lpa - lpb)).sum(-1).clamp_min(0.0).tolist()  # rounding can dip a hair below 0
+        top1 += (lpa.argmax(-1) == lpb.argmax(-1)).tolist()
+        pred = min(sl.stop, n - 1) - start  # rows of this block that predict a prompt token
+        if pred > 0:
+            t = targets[sl][:pred, None]
+            nll_a -= float(lpa[:pred].gather(1, t).sum())
+            nll_b -= float(lpb[:pred].gather(1, t).sum())
+    return {"kl": kl, "top1": top1, "nll_a": nll_a, "nll_b": nll_b, "n_pred": n - 1}
 
 
 def _generate(torch, model, tok, ids, max_new_tokens: int) -> str:
