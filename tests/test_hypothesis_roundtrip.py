@@ -38,7 +38,7 @@ def make(dtype, shape, seed, kind):
     return a.astype(dtype).reshape(shape)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model, extra, st.integers(256, 5000))
 def test_any_folder_round_trips(spec, files, chunk_size):
     with tempfile.TemporaryDirectory() as tmp:
