@@ -164,3 +164,14 @@ def test_position_blocks_do_not_change_the_figures(gpt_store, monkeypatch):
     assert blocked["nll_a"] == pytest.approx(whole["nll_a"], rel=1e-12) and blocked["n_pred"] == 36
     with torch.no_grad():
         assert blocked["nll_a"] / 36 == pytest.approx(a(ids, labels=ids).loss.item(), rel=1e-5)
+
+
+def test_behaviour_of_a_version_that_is_not_a_transformers_model_is_one_line_error(tmp_path, toy_model, cli):
+    v = Vault.init(tmp_path / "store")
+    v.snapshot(toy_model, "toy")
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:1])
+    r = cli("diff", "toy@1", "toy@1", "--prompts", prompts, store=tmp_path / "store")
+    assert r.rc == 4 and "toy@1" in r.err and len(r.err.strip().splitlines()) == 1, r
+    html = tmp_path / "r.html"
+    r = cli("diff", "toy@1", "toy@1", "--prompts", prompts, "--html", html, store=tmp_path / "store")
+    assert r.rc == 4 and not html.exists()  # nothing half-written
