@@ -13,10 +13,10 @@ def register(sub, common):
     p = add_command(
         sub, "diff", help="compare two versions: tensors, layers, and (with --prompts) their outputs",
         example="weightvault diff minilm@1 minilm@2 --prompts prompts.jsonl --html diff.html", parents=[common],
-        description="Compare two versions (possibly of different models). Unchanged tensors are recognised "
-                    "from their chunk IDs without decompressing anything; changed ones get ||B-A||/||A||, "
-                    "cosine, max |B-A| and the fraction of elements changed, and layers are ranked by change. "
-                    "With --prompts both versions are reloaded and run on the prompts.")
+        description="Compare two versions (possibly of different models). Unchanged tensors are recognised\n"
+                    "from their chunk IDs without decompressing anything; changed ones get ||B-A||/||A||,\n"
+                    "cosine, max |B-A| and the fraction of elements changed, and layers are ranked by change.\n"
+                    "With --prompts both versions are reloaded and run on the same prompts.")
     p.add_argument("a", help="version A, NAME@V")
     p.add_argument("b", help="version B, NAME@V")
     p.add_argument("--prompts", metavar="FILE.jsonl", help='also compare behaviour on these prompts ({"prompt": ...} '
