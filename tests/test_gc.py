@@ -167,3 +167,39 @@ def test_rm_errors(vault, toy_model, cli):
     with pytest.raises(UsageError):
         parse_duration("soon")
     assert json.loads(cli("rm", "m@1", "--json").out)["version"] == "1"
+
+
+def test_gc_after_rm_of_a_parent_keeps_the_engines_real_delta_bases(tmp_path, vault, cli):
+    """v2 is stored as deltas against v1 by the engine: removing v1 must not free v2's bases."""
+    import numpy as np
+
+    t = toy_tensors(0, width=256)
+    rng = np.random.default_rng(1)
+    t2 = {k: (v + rng.standard_normal(v.shape).astype(v.dtype) * 1e-3) if v.dtype == np.float32 else v
+          for k, v in t.items()}
+    a, b = write_model(tmp_path / "a", t), write_model(tmp_path / "b", t2)
+    vault.snapshot(a, "m")
+    rb = vault.snapshot(b, "m")
+    bases = {vault.store.chunk_header(c)[0].base for c in rb.manifest.chunk_ids()} - {None}
+    if not bases:
+        pytest.skip("the engine stored no delta for this pair")
+    assert bases - rb.manifest.chunk_ids()  # some bases are only v1's chunks
+    assert cli("rm", "m@1").rc == 0
+    rep = cli("gc", "--grace", "0", "--json").json()
+    assert rep["base_chunks"] >= len(bases - rb.manifest.chunk_ids())
+    assert all(vault.store.has_chunk(c) for c in bases)
+    assert cli("verify", "--read-data").rc == 0
+    assert cli("restore", "m@2", tmp_path / "out").rc == 0
+    assert tree_files(tmp_path / "out") == tree_files(b)
+    # a lost base is reported against the versions, files and tensors of the chunks built on it
+    base = sorted(bases - rb.manifest.chunk_ids())[0]
+    (vault.store.root / "chunks" / base[:2] / base).unlink()
+    r = cli("verify", "--json")
+    assert r.rc == 5
+    d = r.json()["damaged"]
+    assert d and all(x["cause"] == base for x in d)
+    assert {u["version"] for x in d for u in x["uses"]} == {"m@2"}
+    assert cli("gc", "--grace", "0").rc == GcRefusedError.exit_code
+    rep = cli("repair", "--json").json()
+    assert base in rep["damaged_chunks"] and set(rep["lost_chunks"]) == {x["chunk_id"] for x in d}
+    assert {x["version"] for x in rep["losses"]} == {"m@2"} and rep["lost_bytes"] > 0
