@@ -189,7 +189,10 @@ class LeaseLock:
             self._renewer.join(5)
             self._renewer = None
         if key:
-            self.backend.delete(key)
+            try:
+                self.backend.delete(key)
+            except Exception:  # store unreachable: the lease simply expires after ttl
+                pass
 
     @contextmanager
     def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):

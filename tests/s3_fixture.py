@@ -93,6 +93,7 @@ class SeaweedServer:
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_g']}", f"-s3.config={cfg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64", "-volume.max=0", "-master.telemetry=false",
+            "-master.electionTimeout=1s",  # single master: a restart need not wait 10 s for an election
         ]
 
     def start(self, timeout: float = 60) -> "SeaweedServer":

@@ -242,6 +242,7 @@ def test_s3_backend_contract(s3_bucket):
     assert b.put("x/1", b"hello world")
     assert not b.put("x/1", b"other", exclusive=True) and b.get("x/1") == b"hello world"
     assert b.get_range("x/1", 6, 100) == b"world"  # past the end: a short read, like a file
+    assert b.get_range("x/1", 20, 5) == b""
     assert b.stat("x/1").size == 11 and b.stat("x/2") is None
     assert [i.key for i in b.list("x/")] == ["x/1"]
     assert b.delete("x/1") and not b.delete("x/1")
