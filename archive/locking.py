@@ -98,7 +98,16 @@ class FileLock:
             if intent is not None:
                 intent.unlink(missing_ok=True)
         self._fd, self._mode, self._depth = fd, mode, 1
+        if not shared:
+            self._sweep_records()  # we hold it alone: every other holder record is stale
         self._write_record(op or ("shared" if shared else "exclusive"))
+
+    def _sweep_records(self) -> None:
+        try:
+            for p in self.holders.iterdir():
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def _announce(self, op: str) -> Path | None:
         try:
