@@ -128,6 +128,7 @@ class PackedBackend(Backend):
         self._lock = threading.RLock()
         self._index: dict[str, PackEntry] = {}
         self._packs: dict[str, dict[str, tuple[int, int]]] = {}  # pack id -> its entries
+        self._pack_mtime: dict[str, float] = {}  # pack id -> when its index was written
         self._loaded: dict[str, tuple[int, float]] = {}  # index key -> (size, mtime) as listed
         self._open = _OpenPack()
         self._sealed: dict[str, bytes] = {}  # chunk id -> container, while its pack uploads
@@ -185,14 +186,25 @@ class PackedBackend(Backend):
 
     def _install(self, pid: str, entries: dict, mtime: float) -> None:
         self._packs[pid] = dict(entries)
+        self._pack_mtime[pid] = mtime
         for cid, (off, n) in entries.items():
             self._index[cid] = PackEntry(pid, off, n, mtime)
 
     def _forget(self, pid: str) -> None:
+        self._pack_mtime.pop(pid, None)
         for cid in self._packs.pop(pid, {}):
             e = self._index.get(cid)
             if e is not None and e.pack_id == pid:
                 del self._index[cid]
+                self._repoint(cid)
+
+    def _repoint(self, cid: str) -> None:
+        """Resolve ``cid`` to another pack's copy, if any (a chunk may be stored twice)."""
+        for other, entries in self._packs.items():
+            if cid in entries:
+                off, n = entries[cid]
+                self._index[cid] = PackEntry(other, off, n, self._pack_mtime.get(other, 0.0))
+                return
 
     def _ensure_loaded(self) -> None:
         if not self._refreshed_at:
@@ -498,11 +510,14 @@ def pack_usage(backend: PackedBackend, live_chunks: set[str]) -> list[PackUsage]
     backend.refresh()
     out = []
     for pid, entries in sorted(backend.pack_entries().items()):
-        live = tuple(sorted(c for c in entries if c in live_chunks))
-        dead = tuple(sorted(c for c in entries if c not in live_chunks))
-        mtime = backend._index[live[0] if live else dead[0]].mtime if entries else 0.0
+        # A chunk stored in several packs (concurrent writers) is live only in the copy the
+        # index resolves to; the other copies are dead bytes that GC may free.
+        chosen = {c for c in entries if c in live_chunks and backend._index.get(c, None) is not None
+                  and backend._index[c].pack_id == pid}
+        live = tuple(sorted(chosen))
+        dead = tuple(sorted(c for c in entries if c not in chosen))
         out.append(PackUsage(pid, live, dead, sum(entries[c][1] for c in live),
-                             sum(entries[c][1] for c in dead), mtime))
+                             sum(entries[c][1] for c in dead), backend._pack_mtime.get(pid, 0.0)))
     return out
 
 

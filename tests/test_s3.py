@@ -323,3 +323,21 @@ def test_catalog_export_writes_parquet_into_the_bucket(s3_store_url, seaweed, s3
     (tmp_path / "v.parquet").write_bytes(body)
     rows = duckdb.sql(f"SELECT model, version FROM read_parquet('{tmp_path / 'v.parquet'}')").fetchall()
     assert rows == [("toy", "1")]
+
+
+def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_url, toy_model, tmp_path):
+    Store.init(s3_store_url)
+    a, b = Store.open(s3_store_url), Store.open(s3_store_url)  # two machines, neither sees the other's packs yet
+    a.backend.refresh(), b.backend.refresh()
+    ra = Vault(a).snapshot(toy_model, "x")
+    rb = Vault(b).snapshot(toy_model, "y")
+    assert rb.stats.new_chunks == ra.stats.new_chunks  # b could not know: every chunk is in two packs
+    fresh = Store.open(s3_store_url).backend
+    live = {c for f in ra.manifest.files for c, _ in f.chunks}
+    usage = packs.pack_usage(fresh, live)
+    assert len(usage) == 2 and sorted(len(u.live) for u in usage) == [0, len(live)]
+    rep = packs.sweep_packs(fresh, live, grace_s=0)
+    assert len(rep.packs_dropped) == 1
+    for name in ("x", "y"):
+        Vault.open(s3_store_url).restore(f"{name}@1", tmp_path / name)
+        assert tree_files(tmp_path / name) == tree_files(toy_model)
