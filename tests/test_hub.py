@@ -203,3 +203,16 @@ def test_cache_without_symlinks_needs_the_listing(hf_cache, cli, vault):
     assert r.rc == 5 and "config.json" in r.err and "unverifiable" in r.err
     write_tree_listing(repo_dir, model)
     assert cli("snapshot", "hf:org/tiny").rc == 0
+
+
+def test_external_base_resolves_to_an_archived_hub_snapshot(hf_cache, cli, vault, tmp_path):
+    ok = cli("snapshot", "hf:org/tiny")
+    assert ok.rc == 0, ok
+    write_model(tmp_path / "ft", toy_tensors(seed=8))
+    assert cli("snapshot", tmp_path / "ft", "--model", "ft", "--base-model", f"hf:org/tiny@{COMMIT}").rc == 0
+    write_model(tmp_path / "ft2", toy_tensors(seed=9))
+    assert cli("snapshot", tmp_path / "ft2", "--model", "ft2", "--base-model", "hf:org/other").rc == 0
+    _, rows = vault.sql("SELECT depth, relation, ancestor_model, ancestor_ref FROM ancestors('ft', '1')")
+    assert rows == [(1, "finetune", "org/tiny", None), (2, "finetune", None, "hf:org/grandparent")]
+    _, rows = vault.sql("SELECT depth, ancestor_model, ancestor_ref FROM ancestors('ft2', '1')")
+    assert rows == [(1, None, "hf:org/other")]

@@ -112,11 +112,13 @@ LEFT JOIN versions b ON b.version_id = e.base_id;
 
 -- All edges the graph walks: lineage edges plus parent links between versions of one model
 -- (relation 'parent'). An external base 'hf:org/name' resolves to the latest snapshot of that
--- Hub repo when one is archived here.
+-- Hub repo when one is archived here ('hf:org/name@<commit>': the snapshot of that commit).
 CREATE VIEW version_edges AS
 SELECT e.version_id AS child_id,
        coalesce(e.base_id, (SELECT arg_max(h.version_id, h.created_at) FROM versions h
-                            WHERE h.source_uri = e.base_ref)) AS base_id,
+                            WHERE h.source_uri = split_part(e.base_ref, '@', 1)
+                              AND (e.base_ref NOT LIKE '%@%'
+                                   OR h.source_revision = split_part(e.base_ref, '@', 2)))) AS base_id,
        e.base_ref, e.relation, e.run_id
 FROM lineage_edges e
 UNION ALL

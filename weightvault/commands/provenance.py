@@ -121,6 +121,8 @@ def cmd_dataset_add(args):
     from weightvault.catalog import datasets as ds
     from weightvault.errors import UsageError
 
+    from pathlib import Path
+
     fields = ("version", "source_uri", "content_hash", "license", "cutoff_date", "n_tokens", "n_rows", "description")
     if args.file:
         if args.name or any(getattr(args, f) is not None for f in fields) or args.extra or args.path:
@@ -138,7 +140,7 @@ def cmd_dataset_add(args):
         record.setdefault("content_hash", fp.content_hash)
         if fp.n_rows is not None:
             record.setdefault("n_rows", fp.n_rows)
-        record.setdefault("source_uri", str(fp.path))
+        record.setdefault("source_uri", str(Path(fp.path).absolute()))
     v = open_vault(args)
     eid, rec = pv.add_dataset(v, record, source=source, replace=args.replace)
     if args.json:
