@@ -6,7 +6,7 @@ A run, in write order:
 2. the teacher is reloaded from the store (:func:`weightvault.teacher.load_teacher`);
 3. rows are generated batch by batch into ``OUT.parquet`` (one row group per batch; on Ctrl-C
    the finished row groups are kept and the run is recorded as incomplete);
-4. the prompt file and the output are archived as a version ``distill-runs/<run_id>@1``
+4. the prompt file and the output are archived as a version ``distill-runs@<run_id>``
    (chunks -> manifest -> ref, so verify, du and GC see them like any version);
 5. a ``distill_run`` event records the recipe (teacher manifest, prompt set hash and count,
    settings, seed, device, dtype, library versions, output hash and rows); the catalog
@@ -37,7 +37,7 @@ from weightvault.errors import (
 )
 
 EVENT_TYPE = "distill_run"
-DATA_MODEL_PREFIX = "distill-runs"
+DATA_MODEL = "distill-runs"  # one model; each run is a version named by its run_id
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def file_sha256(path) -> str:
 
 def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens, seconds, complete,
            rerun_of: str | None = None) -> DistillResult:
-    """Archive prompts + output as ``distill-runs/<run_id>@1``, then write the ``distill_run`` event."""
+    """Archive prompts + output as ``distill-runs@<run_id>``, then write the ``distill_run`` event."""
     from weightvault.archive.snapshot import SourceFile
 
     out = Path(out)
@@ -262,7 +262,7 @@ def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens,
         prompt_copy.write_bytes(pset.raw)
         files = [SourceFile("output.parquet", out, out.stat().st_size),
                  SourceFile("prompts.jsonl", prompt_copy, len(pset.raw))]
-        data = vault.snapshot(tmp, f"{DATA_MODEL_PREFIX}/{run_id}", version="1", parent="", files=files,
+        data = vault.snapshot(tmp, DATA_MODEL, version=run_id, parent="", files=files,
                               message=f"distillation data of {teacher.ref} (run {run_id})",
                               source_info={"kind": "distill", "run_id": run_id})
     payload = {

@@ -1,7 +1,7 @@
 """Rerun a recorded distillation and measure how far the new outputs drift from the stored ones.
 
 The recipe comes from the run's event; the prompts and the stored output come
-back from the store (``distill-runs/<run_id>@1``, sha256-verified). The same
+back from the store (``distill-runs@<run_id>``, sha256-verified). The same
 batches are regenerated with the same settings and seed.
 
 Metrics (causal LMs), per prompt then over the run:

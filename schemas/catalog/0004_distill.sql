@@ -26,7 +26,7 @@ CREATE TABLE distill_runs (
     output_tokens        BIGINT,                -- generated (causal) or encoded (encoder) tokens
     complete             BOOLEAN,               -- false when stopped by Ctrl-C (finished rows kept)
     output_path          VARCHAR,               -- where the Parquet file was written
-    data_version_id      VARCHAR,               -- manifest of distill-runs/<run_id>@1 (prompts + output)
+    data_version_id      VARCHAR,               -- manifest of distill-runs@<run_id> (prompts + output)
     settings             JSON,                  -- every generation setting as recorded
     seconds              DOUBLE                 -- generation wall time
 );
