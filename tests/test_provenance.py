@@ -233,8 +233,11 @@ PROVENANCE_QUERIES = [
 
 
 def dump(vault) -> dict:
+    """Every table's full contents (schema_migrations aside: it records when each migration ran), plus views."""
+    _, tables = vault.sql("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                          "AND table_name <> 'schema_migrations'")
     out = {}
-    for q in PROVENANCE_QUERIES:
+    for q in [f'FROM "{t}"' for (t,) in tables] + PROVENANCE_QUERIES:
         _, rows = vault.sql(q)
         out[q] = sorted(rows, key=repr)
     return out
