@@ -131,7 +131,7 @@ def index_version(con, version_id: str, m) -> None:
     card = m.metadata.get("card") or {}
     if not m.lineage:  # the card's claim counts only when nobody recorded the lineage explicitly
         rel = card.get("base_model_relation") or "finetune"
-        for ref in card.get("base_model") or ():
+        for ref in _strs(card.get("base_model")) or ():
             if rel in RELATIONS:
                 _insert_edge(con, _edge_row(version_id, {"relation": rel, "base_ref": f"hf:{ref}"}, "card",
                                             m.created_at, None))

@@ -118,3 +118,12 @@ def test_dataset_file_round_trips_through_the_catalog(cli, tmp_path, vault):
     assert rows == [("wikipedia-en", "20231101", "CC-BY-SA-4.0 OR GFDL-1.3-or-later", "2023-11-01", 4500000000, "en")]
     with pytest.raises(RecordValidationError, match="'version'"):
         ds.validate({"name": "x", "version": 3}, "api")
+
+
+def test_real_minilm_card_and_config(minilm_dir):
+    from weightvault.archive.snapshot import scan_folder
+
+    meta = card.read_metadata(scan_folder(minilm_dir))
+    assert meta["card"]["license"] == "apache-2.0" and meta["card"]["language"] == ["en"]
+    assert "ms_marco" in meta["card"]["datasets"] and meta["card"]["pipeline_tag"] == "sentence-similarity"
+    assert meta["config"] == {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522}
