@@ -3,6 +3,8 @@
 - ``connection``: the :class:`Catalog` (open, lock, quarantine a damaged file, sync).
 - ``migrations``: append-only numbered DDL from ``schemas/catalog``.
 - ``indexer``: manifests, refs and events -> rows; ``rebuild`` from the store alone.
+- ``provenance``: datasets, links, lineage, tags, card facts and evals -> rows (events and manifests).
+- ``datasets``: dataset records (schema validation, JSON/YAML files) and data fingerprints.
 - ``queries``: the reads behind ``log``, ``show`` and ``du``.
 """
 
