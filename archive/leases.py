@@ -30,6 +30,7 @@ import time
 from contextlib import contextmanager
 
 from weightvault.archive.backend import Backend
+
 from weightvault.errors import LockBusyError
 
 DEFAULT_TTL = float(os.environ.get("WEIGHTVAULT_LEASE_TTL", "60"))

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from weightvault.archive import ids
 from weightvault.archive.backend import Backend, ObjectInfo
+
 from weightvault.errors import StoreFormatError
 
 PACK_FORMAT = 1
@@ -414,7 +415,7 @@ class _ReadAhead:
     WINDOW = 16 << 20  # 16 MiB: ~60 GETs per GB instead of one per chunk
     KEEP = 8  # windows kept (memory: KEEP * WINDOW at most)
 
-    def __init__(self, packed: "PackedBackend"):
+    def __init__(self, packed: PackedBackend):
         self.packed = packed
         self._lock = threading.Lock()
         self._windows: dict = {}  # (pack, start) -> (end, Future[bytes]), insertion-ordered for LRU

@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from weightvault.archive.backend import Backend, ObjectInfo
+
 from weightvault.errors import MissingExtraError, StoreUnavailableError, UsageError
 
 SCHEME = "s3://"
@@ -57,7 +58,7 @@ class S3Location:
     prefix: str
 
     @classmethod
-    def parse(cls, url: str) -> "S3Location":
+    def parse(cls, url: str) -> S3Location:
         """``s3://b/p/q`` -> S3Location("b", "p/q")."""
         rest = url[len(SCHEME):] if url.startswith(SCHEME) else ""
         bucket, _, prefix = rest.partition("/")
@@ -318,6 +319,7 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
     """
     from weightvault.archive.leases import LeaseLock
     from weightvault.archive.packs import DEFAULT_TARGET_SIZE, PackedBackend
+
     from weightvault.errors import StoreNotFoundError
 
     loc = S3Location.parse(url)

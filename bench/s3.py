@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent / "tests"))
-from s3_fixture import SeaweedServer  # noqa: E402
+from s3_fixture import SeaweedServer
 
 
 def minilm() -> Path:
@@ -102,7 +102,13 @@ def two_processes(url: str, src: Path, env: dict) -> dict:
     v = Vault.open(url)
     ok = all(v.verify(f"pair-{i}@1").ok for i in range(2))
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"solo_s": solo_s, "pair_s": pair_s, "ok": ok}
+
+    def packed_mb(store_url):
+        inner = Vault.open(store_url).store.backend.inner
+        return sum(i.size for i in inner.list("packs/")) / 1e6
+
+    return {"solo_s": solo_s, "pair_s": pair_s, "ok": ok, "solo_mb": packed_mb(url + "-solo"),
+            "pair_mb": packed_mb(url)}
 
 
 def fmt(x, spec=".0f"):
@@ -147,7 +153,9 @@ def main() -> None:
                   f"{fmt(r['snap_req_gb']):>13}{fmt(r['rest_req_gb']):>16}{r['objects']:>9}")
         two = two_processes("s3://bench/two-procs", src, env)
         print(f"two processes -> one bucket at once: {two['pair_s']:.1f}s for both vs {two['solo_s']:.1f}s for one "
-              f"({2 * two['solo_s'] / two['pair_s']:.2f}x aggregate throughput); both versions verify: {two['ok']}")
+              f"({2 * two['solo_s'] / two['pair_s']:.2f}x aggregate throughput); both versions verify: {two['ok']}; "
+              f"packs {two['pair_mb']:.1f} MB vs {two['solo_mb']:.1f} MB for one (the same model stored at once "
+              f"by both: duplicates until gc)")
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, SeaweedServer  # noqa: E402
+from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, SeaweedServer
 
 SMALL, N_SMALL = 64 << 10, 400
 LARGE, N_LARGE = 16 << 20, 12
@@ -29,8 +29,8 @@ def boto3_ops(endpoint, bucket):
 
     c = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                      region_name=REGION, config=Config(max_pool_connections=16))
-    put = lambda k, b: c.put_object(Bucket=bucket, Key=k, Body=b)  # noqa: E731
-    rng = lambda k, s, n: c.get_object(Bucket=bucket, Key=k, Range=f"bytes={s}-{s + n - 1}")["Body"].read()  # noqa: E731
+    put = lambda k, b: c.put_object(Bucket=bucket, Key=k, Body=b)
+    rng = lambda k, s, n: c.get_object(Bucket=bucket, Key=k, Range=f"bytes={s}-{s + n - 1}")["Body"].read()
     return put, rng
 
 
@@ -40,8 +40,8 @@ def obstore_ops(endpoint, bucket):
 
     s = S3Store(bucket, endpoint=endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
                 region=REGION, client_options={"allow_http": True})
-    put = lambda k, b: obstore.put(s, k, b)  # noqa: E731
-    rng = lambda k, st, n: bytes(obstore.get_range(s, k, start=st, length=n))  # noqa: E731
+    put = lambda k, b: obstore.put(s, k, b)
+    rng = lambda k, st, n: bytes(obstore.get_range(s, k, start=st, length=n))
     return put, rng
 
 

@@ -96,7 +96,7 @@ class SeaweedServer:
             "-master.electionTimeout=1s",  # single master: a restart need not wait 10 s for an election
         ]
 
-    def start(self, timeout: float = 60) -> "SeaweedServer":
+    def start(self, timeout: float = 60) -> SeaweedServer:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,

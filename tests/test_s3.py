@@ -12,12 +12,12 @@ import os
 import threading
 
 import pytest
-
 from conftest import toy_tensors, tree_files, write_model
 from weightvault.archive import packs
 from weightvault.archive.leases import EXCLUSIVE_KEY, LeaseLock
 from weightvault.archive.s3 import S3Backend, S3Location
 from weightvault.archive.store import Store
+
 from weightvault.errors import LockBusyError, StoreNotFoundError
 from weightvault.vault import Vault
 
@@ -173,9 +173,8 @@ def test_lease_lock_exclusive_excludes_shared_and_stale_lease_expires(s3_store_u
         with pytest.raises(LockBusyError, match="snapshot"):
             b.acquire(shared=False, timeout=0.5, op="gc")
     assert not store.lock.backend.has(EXCLUSIVE_KEY)  # the failed claimant withdrew
-    with b.held(shared=False, op="gc"):
-        with pytest.raises(LockBusyError, match="gc"):
-            a.acquire(shared=True, timeout=0.3)
+    with b.held(shared=False, op="gc"), pytest.raises(LockBusyError, match="gc"):
+        a.acquire(shared=True, timeout=0.3)
     # a holder that died: its lease runs out and the next claimant removes it
     dead = LeaseLock(store.lock.backend, "store test", ttl=0.5)
     dead.acquire(shared=False, op="crashed gc")

@@ -10,7 +10,7 @@ mtimes) stay local-only; tests/test_s3.py covers their S3 counterparts.
 from __future__ import annotations
 
 import pytest
-
+from conftest import toy_tensors, write_model
 from test_catalog import (  # noqa: F401
     test_catalog_catches_up_with_a_ref_it_missed,
     test_missing_catalog_is_recreated_on_next_command,
@@ -34,7 +34,6 @@ from test_snapshot_restore import (  # noqa: F401
     test_second_version_stores_only_changed_tensors,
 )
 
-from conftest import toy_tensors, write_model
 from weightvault.vault import Vault
 
 
