@@ -10,6 +10,7 @@ Extension points, for modules that add tables:
 - ``VERSION_INDEXERS``: fn(con, version_id, manifest), run for each indexed version.
 - ``VERSION_TABLES``: tables with a ``version_id`` column, cleared when a version goes.
 - ``EVENT_INDEXERS``: event type -> fn(con, event_id, event), run for each new event.
+- ``SYNC_HOOKS``: fn(con, store), run at the end of each sync's transaction.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger("weightvault")
 VERSION_INDEXERS: list = []
 VERSION_TABLES: list[str] = ["file_chunks", "tensors", "files", "version_tags"]
 EVENT_INDEXERS: dict = {}
+# fn(con, store), run at the end of every sync (backfill rows for versions indexed before a migration).
+SYNC_HOOKS: list = []
 # Modules that register indexers; imported once by load_plugins().
 PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.distill", "weightvault.catalog.derivations"]
 _loaded = False
@@ -148,6 +151,8 @@ def sync(con, store: Store, plan=None, chunk_info: dict | None = None) -> tuple[
             index_version(con, store, mid, m, chunk_info)
         for eid, ev in events:
             index_event(con, eid, ev)
+        for fn in SYNC_HOOKS:
+            fn(con, store)
         faults.point("catalog.commit")
         con.execute("COMMIT")
     except BaseException:

@@ -203,6 +203,22 @@ def _tolerant(fn):
     return run
 
 
+def backfill(con, store) -> None:
+    """Index the provenance rows of versions indexed before migration 0002 (an upgraded catalog).
+
+    Every indexed version gets a ``model_cards`` row, so a version without one was indexed by a
+    release without this module; its manifest holds everything needed. A SYNC_HOOKS entry.
+    """
+    from weightvault.errors import IntegrityError
+
+    missing = con.execute("SELECT version_id FROM versions ANTI JOIN model_cards USING (version_id)").fetchall()
+    for (vid,) in missing:
+        try:
+            index_version(con, vid, store.get_manifest(vid))
+        except IntegrityError as e:  # verify reports it; the rest of the catalog still catches up
+            log.warning("provenance of %s not indexed: %s", vid[:16], e)
+
+
 EVENT_TYPES = {"dataset": _dataset, "link": _link, "lineage": _lineage, "tag": _tag, "eval": _eval}
 
 
@@ -218,6 +234,8 @@ def register() -> None:
         indexer.EVENT_INDEXERS.setdefault(name, _tolerant(fn))
     if index_version not in indexer.VERSION_INDEXERS:
         indexer.VERSION_INDEXERS.append(index_version)
+    if backfill not in indexer.SYNC_HOOKS:
+        indexer.SYNC_HOOKS.append(backfill)
     for table in ("version_datasets", "lineage_edges", "model_cards"):
         if table not in indexer.VERSION_TABLES:
             indexer.VERSION_TABLES.append(table)

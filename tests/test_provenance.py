@@ -325,3 +325,29 @@ def test_dataset_fingerprint_folder(tmp_path, cli):
     one = ok(cli("dataset", "fingerprint", d / "a.jsonl", "--json")).json()
     assert one["content_hash"] == "sha256:" + hashlib.sha256((d / "a.jsonl").read_bytes()).hexdigest()
     assert ids.is_id(one["content_hash"].split(":")[1])
+
+
+def test_catalog_from_before_provenance_is_backfilled(vault, tmp_path, monkeypatch):
+    """A catalog written by a release with only 0001 gains card and lineage rows for its old versions."""
+    from weightvault import schemas
+    from weightvault.catalog import indexer
+
+    write_model(tmp_path / "b", toy_tensors(), files={"README.md": BASE_CARD, "config.json": json.dumps(BASE_CONFIG)})
+    vault.snapshot(tmp_path / "b", "b")
+    write_model(tmp_path / "f", toy_tensors(seed=4))
+    vault.snapshot(tmp_path / "f", "f", lineage=({"relation": "finetune", "base": vault.resolve("b@1").manifest_id},))
+    indexer.load_plugins()
+    with monkeypatch.context() as old_release:  # 0001 only, no provenance indexers
+        only_core = [m for m in schemas.catalog_migrations() if m[0] == 1]
+        old_release.setattr(schemas, "catalog_migrations", lambda: only_core)
+        for name, empty in (("VERSION_INDEXERS", []), ("EVENT_INDEXERS", {}), ("SYNC_HOOKS", []),
+                            ("VERSION_TABLES", ["file_chunks", "tensors", "files", "version_tags"])):
+            old_release.setattr(indexer, name, empty)
+        vault.catalog.path.unlink()
+        vault.catalog.sync()
+        assert vault.sql("SELECT count(*) FROM versions")[1] == [(2,)]
+        assert vault.sql("SELECT max(id) FROM schema_migrations")[1] == [(1,)]
+    # the current release migrates the old catalog and backfills what the manifests say
+    assert vault.sql("SELECT model, license, vocab_size FROM model_cards JOIN versions USING (version_id) "
+                     "ORDER BY model")[1] == [("b", "apache-2.0", 256), ("f", None, None)]
+    assert vault.sql("SELECT depth, relation, ancestor_model FROM ancestors('f', '1')")[1] == [(1, "finetune", "b")]
