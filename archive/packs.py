@@ -32,10 +32,12 @@ index without the chunk, and drops the pack when its index becomes empty.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,6 +132,8 @@ class PackedBackend(Backend):
         self._index: dict[str, PackEntry] = {}
         self._packs: dict[str, dict[str, tuple[int, int]]] = {}  # pack id -> its entries
         self._pack_mtime: dict[str, float] = {}  # pack id -> when its index was written
+        self._dirty: set[str] = set()  # packs whose index lost chunks to delete(), not yet rewritten
+        atexit.register(_flush_at_exit, weakref.ref(self))
         self._loaded: dict[str, tuple[int, float]] = {}  # index key -> (size, mtime) as listed
         self._open = _OpenPack()
         self._sealed: dict[str, bytes] = {}  # chunk id -> container, while its pack uploads
@@ -282,7 +286,10 @@ class PackedBackend(Backend):
         return pid
 
     def flush(self) -> None:
-        """Seal the open pack and wait until every pack and index is stored; re-raise the first upload error."""
+        """Seal the open pack and wait until every pack and index is stored; re-raise the first upload error.
+
+        Then write the indexes of packs that lost chunks to :meth:`delete`.
+        """
         self._seal()
         with self._lock:
             pending, self._inflight = self._inflight, []
@@ -294,6 +301,32 @@ class PackedBackend(Backend):
                 err = err or e
         if err is not None:
             raise err
+        self._flush_deletes()
+
+    def sweep_temp(self, older_than_s: float = 3600.0) -> int:
+        """gc's last step (archive/gc.py calls ``backend.sweep_temp`` after deleting dead chunks).
+
+        By then every dead chunk is out of the indexes, so what the indexes name is what is
+        live: write the pending index rewrites, drop packs with no index (crashed uploads)
+        and repack packs whose indexed bytes are at most half of their size, all only when
+        older than ``older_than_s``. Returns the number of packs dropped or rewritten.
+        """
+        self.flush()
+        now = time.time()
+        indexed = self.pack_entries()
+        n = 0
+        for info in list(self.inner.list(PACK_PREFIX)):
+            pid = _chunk_id(info.key)
+            if not ids.is_id(pid) or now - info.mtime < older_than_s:
+                continue
+            entries = indexed.get(pid)
+            if entries is None:
+                self.inner.delete(info.key)
+                n += 1
+            elif sum(ln for _, ln in entries.values()) <= info.size // 2:
+                _move_live(self, pid, set(entries), entries)
+                n += 1
+        return n
 
     def close(self) -> None:
         self.flush()
@@ -377,19 +410,32 @@ class PackedBackend(Backend):
         e = self.lookup(cid, refresh=False)
         if e is None:
             return False
+        # Gone at once for this process; the pack's index is rewritten once per pack at the
+        # next flush() (gc's sweep_temp, any manifest/ref/event write, close, exit), not per chunk.
         with self._lock:
-            entries = dict(self._packs.get(e.pack_id, {}))
-        entries.pop(cid, None)
-        self._rewrite_index(e.pack_id, entries)
+            entries = self._packs.get(e.pack_id, {})
+            entries.pop(cid, None)
+            del self._index[cid]
+            self._repoint(cid)
+            self._dirty.add(e.pack_id)
         return True
+
+    def _flush_deletes(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for pid in sorted(dirty):
+            with self._lock:
+                entries = dict(self._packs.get(pid, {}))
+            self._rewrite_index(pid, entries)
 
     def _rewrite_index(self, pid: str, entries: dict) -> None:
         """Replace a pack's index by ``entries``; with none left, drop index then pack."""
         if entries:
             self.inner.put(index_key(pid), encode_index(pid, entries))
             with self._lock:
+                born = self._pack_mtime.get(pid, time.time())  # its chunks are as old as before
                 self._forget(pid)
-                self._install(pid, entries, time.time())
+                self._install(pid, entries, born)
         else:
             self.inner.delete(index_key(pid))
             with self._lock:
@@ -591,14 +637,28 @@ def repack(backend: PackedBackend, live_chunks: set[str], *, max_live_fraction: 
         rep.bytes_freed += u.dead_bytes
         if dry_run:
             continue
-        entries = backend.pack_entries()[u.pack_id]
-        blob = backend.inner.get(pack_key(u.pack_id))
-        with backend._lock:  # let put() store them again: they must land in a new pack
-            for cid in u.live:
-                backend._index.pop(cid, None)
-        for cid in u.live:
-            off, n = entries[cid]
-            backend.put(f"{CHUNK_PREFIX}{cid[:2]}/{cid}", blob[off : off + n])
-        backend.flush()
-        backend._rewrite_index(u.pack_id, {})
+        _move_live(backend, u.pack_id, set(u.live), backend.pack_entries()[u.pack_id])
     return rep
+
+
+def _move_live(backend: PackedBackend, pid: str, live: set[str], entries: dict) -> None:
+    """Copy ``live`` chunks of pack ``pid`` into new packs, then drop its index and the pack."""
+    blob = backend.inner.get(pack_key(pid))
+    with backend._lock:  # let put() store them again: they must land in a new pack
+        for cid in live:
+            backend._index.pop(cid, None)
+    for cid in sorted(live):
+        off, n = entries[cid]
+        backend.put(f"{CHUNK_PREFIX}{cid[:2]}/{cid}", blob[off : off + n])
+    backend.flush()
+    backend._rewrite_index(pid, {})
+
+
+def _flush_at_exit(ref) -> None:
+    """Write index rewrites a process left pending (deletes without a later flush)."""
+    backend = ref()
+    if backend is not None and backend._dirty:
+        try:
+            backend._flush_deletes()
+        except Exception:  # store unreachable at exit: the chunks stay; the next gc deletes them again
+            pass

@@ -226,11 +226,14 @@ def test_pack_gc_drops_dead_packs_and_repacks_partly_live(s3_store_url, tmp_path
     assert rp.bytes_freed + rep.bytes_freed >= sum(u.dead_bytes for u in usage)
 
 
-def test_deleting_one_packed_chunk_rewrites_its_index(s3_store_url, toy_model):
+def test_deleting_packed_chunks_rewrites_each_index_once_at_flush(s3_store_url, toy_model):
     store = Store.init(s3_store_url)
     res = Vault(store).snapshot(toy_model, "toy")
     cid = res.manifest.files[0].chunks[0][0]
     assert store.backend.delete(store.chunk_key(cid))
+    assert not store.has_chunk(cid)  # gone at once for this process
+    assert Store.open(s3_store_url).has_chunk(cid)  # the index rewrite waits for the next flush
+    store.backend.flush()
     fresh = Store.open(s3_store_url)
     assert not fresh.has_chunk(cid)
     assert not fresh.backend.delete(fresh.chunk_key(cid))
@@ -340,3 +343,32 @@ def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_u
     for name in ("x", "y"):
         Vault.open(s3_store_url).restore(f"{name}@1", tmp_path / name)
         assert tree_files(tmp_path / name) == tree_files(toy_model)
+
+
+def test_gc_command_frees_dead_bytes_inside_partly_live_packs(s3_store_url, tmp_path, cli, seaweed, s3_bucket):
+    """`weightvault gc` (issue 7's, unchanged) on a packed store: per-chunk deletes are batched per
+    pack, and its sweep step repacks packs that became mostly dead."""
+    store = Store.init(s3_store_url, pack_size=8 << 20)  # both versions land in one pack each
+    v = Vault(store)
+    t = toy_tensors(seed=50, layers=6, width=128)
+    write_model(tmp_path / "a", t)
+    ra = v.snapshot(tmp_path / "a", "m")
+    t2 = {k: (a + 1 if k.startswith("encoder") else a) for k, a in t.items()}
+    write_model(tmp_path / "b", t2)
+    rb = v.snapshot(tmp_path / "b", "m")
+    packs_before = bucket_keys(seaweed, s3_bucket, "store/packs/")
+    pack_bytes = sum(o["Size"] for o in seaweed.client().list_objects_v2(
+        Bucket=s3_bucket, Prefix="store/packs/")["Contents"])
+    assert cli("rm", "m@2", store=s3_store_url).rc == 0
+    r = cli("gc", "--grace", "0", "--json", store=s3_store_url)
+    assert r.rc == 0, r
+    after = bucket_keys(seaweed, s3_bucket, "store/packs/")
+    after_bytes = sum(o["Size"] for o in seaweed.client().list_objects_v2(
+        Bucket=s3_bucket, Prefix="store/packs/").get("Contents", []))
+    only_b = rb.manifest.chunk_ids() - ra.manifest.chunk_ids()
+    assert only_b and after_bytes < pack_bytes and set(after) != set(packs_before)
+    fresh = Vault.open(s3_store_url)
+    stored = {i.key.rsplit("/", 1)[-1] for i in fresh.store.list_chunks()}
+    assert ra.manifest.chunk_ids() <= stored and not (only_b & stored)
+    fresh.restore("m@1", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "a")
