@@ -63,11 +63,11 @@ def cmd_rm(args):
     from weightvault._ui import err_console, print_json
     from weightvault.archive.gc import remove_version
 
+    from weightvault.errors import UsageError
+
     v = open_vault(args, create=False)
     r = v.resolve(args.ref)
-    if "@" not in args.ref:
-        from weightvault.errors import UsageError
-
+    if "@" not in args.ref:  # never remove "the latest" by accident
         raise UsageError(f"{args.ref!r} names no version", hint=f"name one: weightvault rm {r.model}@{r.version}")
     res = remove_version(v.store, r.model, r.version, reason=args.reason, lock_timeout=args.lock_timeout)
     v.catalog.sync()
