@@ -26,8 +26,11 @@ GC API (for archive/gc.py and ``weightvault gc`` on a packed store):
 - :func:`pack_usage` (which packs hold live / dead chunks and how many bytes),
 - :func:`sweep_packs` (drop packs whose chunks are all unreferenced, and packs with no index),
 - :func:`repack` (rewrite partly-live packs so that their dead bytes are freed).
-Deleting one chunk key (``Backend.delete``) also works: it rewrites that pack's
-index without the chunk, and drops the pack when its index becomes empty.
+``weightvault gc`` works unchanged: deleting a chunk key (``Backend.delete``)
+removes it from the in-memory index at once and rewrites each touched pack's
+index once at the next :meth:`PackedBackend.flush` (dropping the pack when its
+index becomes empty); gc's last step, :meth:`PackedBackend.sweep_temp`, drops
+index-less packs and repacks mostly-dead ones.
 """
 
 from __future__ import annotations
