@@ -171,6 +171,8 @@ class S3Backend(Backend):
         # requests issued, by S3 operation (the bench reports requests per GB from these)
         self.requests = {"PUT": 0, "GET": 0, "HEAD": 0, "LIST": 0, "DELETE": 0}
         self._count_lock = threading.Lock()
+        self.cache_dir: Path | None = None
+        self._listed: dict[str, tuple[int, float]] = {}  # ref key -> (size, mtime) of the last listing
         self._store = ob.store.S3Store(
             loc.bucket, prefix=loc.prefix or None, retry_config=retry,
             client_options={"allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
@@ -213,13 +215,60 @@ class S3Backend(Backend):
             raise self._fail(e, "PUT", key) from e
 
     def get(self, key: str) -> bytes:
+        cached = self._cache_read(key)
+        if cached is not None:
+            return cached
         self._count("GET")
         try:
-            return bytes(self._ob.get(self._store, key).bytes())
+            data = bytes(self._ob.get(self._store, key).bytes())
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.loc.url}/{key}") from None
         except Exception as e:
             raise self._fail(e, "GET", key) from e
+        self._cache_write(key, data)
+        return data
+
+    # -- local copies of immutable objects ---------------------------------------
+    # Every command lists refs and reads manifests; on S3 that is a GET each. Manifests and
+    # events are named by their hash, and a ref is created once, so a local copy stays valid
+    # (a ref's copy while a listing shows the same size and mtime). ``cache_dir`` is set by
+    # open_store; None disables this.
+
+    def _cache_path(self, key: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        if key.startswith(("manifests/", "events/")):
+            return self.cache_dir / key
+        if key.startswith("refs/") and key in self._listed:
+            size, mtime = self._listed[key]
+            return self.cache_dir / f"{key}@{mtime:.6f}-{size}"
+        return None
+
+    def _cache_read(self, key: str) -> bytes | None:
+        from weightvault.archive import ids
+
+        p = self._cache_path(key)
+        if p is None:
+            return None
+        try:
+            data = p.read_bytes()
+        except OSError:
+            return None
+        if key.startswith("refs/") or ids.content_id(data) == key.rsplit("/", 1)[-1]:
+            return data
+        return None  # a damaged copy: fetch again
+
+    def _cache_write(self, key: str, data: bytes) -> None:
+        p = self._cache_path(key)
+        if p is None:
+            return
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+        except OSError:
+            pass  # the cache is an optimisation; the bucket stays the truth
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -255,7 +304,10 @@ class S3Backend(Backend):
                 for meta in batch:
                     key = str(meta["path"])
                     if key.startswith(prefix):
-                        yield ObjectInfo(key, int(meta["size"]), meta["last_modified"].timestamp())
+                        info = ObjectInfo(key, int(meta["size"]), meta["last_modified"].timestamp())
+                        if key.startswith("refs/"):
+                            self._listed[key] = (info.size, info.mtime)
+                        yield info
         except FileNotFoundError:
             return
         except Exception as e:
@@ -272,6 +324,9 @@ class S3Backend(Backend):
             return False
         except Exception as e:
             raise self._fail(e, "DELETE", key) from e
+        p = self._cache_path(key)
+        if p is not None:
+            p.unlink(missing_ok=True)
         return True
 
     def touch(self, key: str) -> None:
@@ -341,6 +396,7 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
         remember_endpoint(loc, endpoint or raw_backend.endpoint)  # later commands need not repeat it
     root = cache_dir(str(config["id"]))
     root.mkdir(parents=True, exist_ok=True)
+    raw_backend.cache_dir = root / "objects"
     backend = raw_backend
     packs = config.get("packs")
     if packs:

