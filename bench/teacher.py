@@ -6,7 +6,9 @@ tokens/s vs plain transformers generate on the same model and batches.
 Models: the real all-MiniLM-L6-v2 (encoder, 91 MB fp32) and a GPT-2 built from a config here
 (default 4 layers x 256 wide, MiniLM's 30k vocabulary, ~11M parameters, random weights: no Hub access), saved
 as a sharded safetensors folder. Load times are the median of --repeat warm loads in one process
-(imports excluded for both); peak RSS is measured in a fresh child process per loader. Throughput:
+(imports excluded for both); peak RSS added by the load (model code imported first, peak reset via
+/proc/self/clear_refs) is measured in a fresh child process per loader; from_pretrained's figure
+includes the mmap'd safetensors pages it touches. Throughput:
 the same prompts, batch size, max_new_tokens and greedy GenerationConfig for both; the weightvault
 side runs `distill.run` end to end (top-k recording, Parquet writing) minus the recording of the run.
 On CUDA both sides run in bf16 (fp16 without bf16 support); on CPU in fp32.
@@ -49,25 +51,36 @@ def make_gpt2(folder: Path, tok_dir: Path, layers: int, width: int) -> Path:
 
 
 CHILD = """
-import resource, sys, json
+import sys, json
 which, target, store = sys.argv[1:4]
 import torch, transformers
 from weightvault.vault import Vault
 from weightvault.teacher import load_teacher
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def kib(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1])
+
+for arch in sys.argv[4:]:  # import the model code first: module imports are not the load's memory
+    getattr(transformers, arch)
+transformers.AutoTokenizer, transformers.AutoConfig, transformers.AutoModel
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # reset the peak (VmHWM) to the current RSS: imports do not count
+base = kib('VmRSS:')
 if which == "store":
     m, _ = load_teacher(target, device="cpu", vault=Vault.open(store))
 else:
     cls = transformers.AutoModel if store == "encoder" else transformers.AutoModelForCausalLM
     m = cls.from_pretrained(target, dtype=torch.float32)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 size = sum(p.numel() * p.element_size() for p in m.parameters())
-print(json.dumps({"added_kib": peak - base, "model_kib": size // 1024}))
+print(json.dumps({"added_kib": kib('VmHWM:') - base, "model_kib": size // 1024}))
 """
 
 
-def peak_rss(which: str, target: str, store: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, which, target, store], capture_output=True, text=True, check=True)
+def peak_rss(which: str, target: str, store: str, archs: list[str]) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, which, target, store, *archs], capture_output=True, text=True,
+                       check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -94,8 +107,9 @@ def bench_load(vault, name: str, folder: Path, kind: str, device: str, repeat: i
         torch.cuda.synchronize()
     row = {"model": name, "from_pretrained_s": t_folder, "load_teacher_s": t_store, "ratio": t_store / t_folder}
     if device == "cpu":
-        row["rss_store"] = peak_rss("store", f"{name}@1", str(vault.root))
-        row["rss_folder"] = peak_rss("folder", str(folder), kind)
+        archs = json.loads((folder / "config.json").read_text()).get("architectures", [])
+        row["rss_store"] = peak_rss("store", f"{name}@1", str(vault.root), archs)
+        row["rss_folder"] = peak_rss("folder", str(folder), kind, archs)
     return row
 
 
@@ -108,7 +122,7 @@ def bench_generate(vault, name: str, device: str, batch: int, new_tokens: int, n
 
     teacher = load_teacher(f"{name}@1", device=device, vault=vault)
     settings = DistillSettings(max_new_tokens=new_tokens, top_k=20, batch_size=batch)
-    words = "the archive keeps every teacher so students can be distilled again years later".split()
+    words = ["the", "archive", "keeps", "every", "teacher", "so", "students", "can", "be", "distilled", "again", "years", "later"]
     prompts = [" ".join(words[i % 7: i % 7 + 3 + i % 5]) for i in range(n_prompts)]
     tok = distill_gen.prepare_tokenizer(teacher)
     gen_cfg = distill_gen.generation_config(teacher, settings)  # the exact config distill uses
@@ -129,7 +143,7 @@ def bench_generate(vault, name: str, device: str, batch: int, new_tokens: int, n
         out = Path(tmp) / "o.parquet"
 
         def ours():
-            rows, tokens, seconds, _ = distill._generate_file(
+            _rows, tokens, _seconds, _ = distill._generate_file(
                 teacher, prompts, settings, out, "bench", distill.parse_prompts(b'{"text": "x"}', "b.jsonl"), None)
             return tokens
 

@@ -9,18 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import store_snapshot_state, write_model, toy_tensors
+from conftest import store_snapshot_state, toy_tensors, write_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from teacher_models import make_tiny_gpt2  # noqa: E402
+from teacher_models import make_tiny_gpt2
 
-from weightvault import distill, distill_drift  # noqa: E402
-from weightvault.distill_gen import DistillSettings  # noqa: E402
-from weightvault.teacher import load_teacher  # noqa: E402
+from weightvault import distill, distill_drift
+from weightvault.distill_gen import DistillSettings
+from weightvault.teacher import load_teacher
 
 PROMPTS = ["the vault", "a teacher answers", "history", "the catalog knows which student", "distillation"]
 
@@ -229,7 +228,7 @@ def test_missing_extra_is_a_typed_error_in_the_real_cli(gpt2_vault, prompts_file
     before = _catalog_and_events(gpt2_vault)
     r = subprocess.run([sys.executable, "-c", code, "--store", str(gpt2_vault.root), "distill", "tiny-gpt2@1",
                         "--prompts", str(prompts_file), "--out", str(tmp_path / "o.parquet")],
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 9, r.stderr
     assert "[teacher]" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert store_snapshot_state(gpt2_vault.root) == state and _catalog_and_events(gpt2_vault) == before

@@ -139,7 +139,7 @@ def library_versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "weightvault": __version__}
 
 
-def run(vault, ref, prompts, out, settings: DistillSettings = DistillSettings(), *, device: str = "auto",
+def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, device: str = "auto",
         dtype=None, progress=None, limit: int | None = None, teacher=None, rerun_of: str | None = None) -> DistillResult:
     """Distil ``ref`` on a prompt file into ``out`` (Parquet) and record the run.
 
@@ -148,7 +148,7 @@ def run(vault, ref, prompts, out, settings: DistillSettings = DistillSettings(),
         ref: teacher ``NAME@V`` or a ResolvedVersion.
         prompts: path of a JSONL file, or a PromptSet.
         out: output Parquet path (replaced atomically).
-        settings: generation settings.
+        settings: generation settings (default: DistillSettings()).
         device, dtype: as for load_teacher.
         progress: callable(rows, tokens) called after each batch; may have ``start(total_rows)``.
         limit: only the first ``limit`` prompts (reruns of interrupted runs).
@@ -160,6 +160,7 @@ def run(vault, ref, prompts, out, settings: DistillSettings = DistillSettings(),
     from weightvault.teacher import load_teacher, require_torch
 
     require_torch("distillation")
+    settings = settings or DistillSettings()
     _check_settings(settings)
     pset = prompts if isinstance(prompts, PromptSet) else read_prompts(prompts)
     texts = list(pset.texts[:limit] if limit is not None else pset.texts)

@@ -171,7 +171,7 @@ def compare_causal(stored: list[dict], new: list[dict], k: int, lp_dtype):
     dlp = np.concatenate(dlps) if dlps else np.zeros(0)
     metrics = {
         "rows": len(exact), "exact_match_rate": float(np.mean(exact)) if exact else 1.0,
-        "positions_compared": int(len(t1)), "top1_agreement": float(t1.mean()) if len(t1) else 1.0,
+        "positions_compared": len(t1), "top1_agreement": float(t1.mean()) if len(t1) else 1.0,
         "kl_mean": float(kl.mean()) if len(kl) else 0.0, "kl_max": float(kl.max()) if len(kl) else 0.0,
         "max_abs_dlogprob": float(dlp.max()) if len(dlp) else 0.0,
     }

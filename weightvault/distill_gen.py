@@ -47,7 +47,7 @@ class DistillSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DistillSettings":
+    def from_dict(cls, d: dict) -> DistillSettings:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 
@@ -77,22 +77,22 @@ def _recorder_class():
     from transformers import LogitsProcessor
 
     class TopKRecorder(LogitsProcessor):
-        """Records top-k (and optionally given ids') log-probs of the raw logits at every step."""
+        """Records the top-k log-probs of the raw logits at every step."""
 
-        def __init__(self, k: int, gather=None):
-            self.k, self.gather = k, gather
-            self.ids, self.vals, self.gathered = [], [], []
+        def __init__(self, k: int):
+            self.k = k
+            self.ids, self.vals = [], []
 
         def __call__(self, input_ids, scores):
             import torch
 
-            lp = torch.log_softmax(scores.float(), dim=-1)
-            v, i = lp.topk(min(self.k, lp.shape[-1]), dim=-1)
+            # top-k of the logits minus their logsumexp = top-k of log_softmax, without
+            # materialising a second (batch, vocab) tensor at every step
+            x = scores.float()
+            lse = torch.logsumexp(x, dim=-1, keepdim=True)
+            v, i = x.topk(min(self.k, x.shape[-1]), dim=-1)
             self.ids.append(i)
-            self.vals.append(v)
-            step = len(self.ids) - 1
-            if self.gather is not None and step < self.gather.shape[1]:
-                self.gathered.append(lp.gather(1, self.gather[:, step, :]))
+            self.vals.append(v - lse)
             return scores
 
     return TopKRecorder
@@ -120,20 +120,15 @@ def generation_config(teacher, settings: DistillSettings):
     if eos is None:
         eos = tok.eos_token_id
     sample = settings.temperature > 0
-    kw = dict(max_new_tokens=settings.max_new_tokens, do_sample=sample, num_beams=1,
-              pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    kw = {"max_new_tokens": settings.max_new_tokens, "do_sample": sample, "num_beams": 1,
+              "pad_token_id": tok.pad_token_id, "eos_token_id": eos}
     if sample:
         kw.update(temperature=settings.temperature, top_k=0, top_p=1.0)
     return GenerationConfig(**kw)
 
 
-def causal_batch(teacher, prompts: list[str], settings: DistillSettings, gen_cfg, batch_index: int,
-                 gather=None) -> dict:
-    """Generate for one batch; returns column lists (and ``gathered`` log-probs at given ids when asked).
-
-    Args:
-        gather: optional list (per prompt) of int arrays (steps, k): ids whose new log-probs to return.
-    """
+def causal_batch(teacher, prompts: list[str], settings: DistillSettings, gen_cfg, batch_index: int) -> dict:
+    """Generate for one batch (seeded with ``settings.seed + batch_index``); returns the column lists."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -141,8 +136,7 @@ def causal_batch(teacher, prompts: list[str], settings: DistillSettings, gen_cfg
     enc = tok(prompts, return_tensors="pt", padding=True)
     device = next(model.parameters()).device
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    g = _gather_tensor(torch, gather, settings.top_k, device) if gather is not None else None
-    rec = _recorder_class()(settings.top_k, g)
+    rec = _recorder_class()(settings.top_k)
     if settings.temperature > 0:
         torch.manual_seed(settings.seed + batch_index)
     with torch.inference_mode():
@@ -155,7 +149,6 @@ def causal_batch(teacher, prompts: list[str], settings: DistillSettings, gen_cfg
     eos_set = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     cols = {k: [] for k in ("prompt", "prompt_ids", "completion_ids", "text", "finish_reason", "topk_ids",
                             "topk_logprobs")}
-    gathered = []
     mask_np = mask.cpu().numpy().astype(bool)
     ids_np = ids.cpu().numpy()
     lp_dtype = np.float16 if settings.logprob_dtype == "float16" else np.float32
@@ -169,10 +162,6 @@ def causal_batch(teacher, prompts: list[str], settings: DistillSettings, gen_cfg
         cols["finish_reason"].append(reason)
         cols["topk_ids"].append(topi[b, :n].reshape(-1) if n else np.zeros(0, np.int32))
         cols["topk_logprobs"].append(topv[b, :n].reshape(-1).astype(lp_dtype) if n else np.zeros(0, lp_dtype))
-        if g is not None:
-            got = torch.stack(rec.gathered, 1)[b].float().cpu().numpy() if rec.gathered else np.zeros((0, 0))
-            gathered.append(got[: len(gather[b])])
-    cols["gathered"] = gathered
     cols["n_tokens"] = int(sum(len(c) for c in cols["completion_ids"]))
     return cols
 
@@ -182,15 +171,6 @@ def _completion_length(row: np.ndarray, eos_set: set) -> tuple[int, str]:
         if t in eos_set:
             return i + 1, "eos"
     return len(row), "length"
-
-
-def _gather_tensor(torch, gather, k, device):
-    steps = max((len(g) for g in gather), default=0)
-    arr = np.zeros((len(gather), max(steps, 1), k), dtype=np.int64)
-    for b, g in enumerate(gather):
-        if len(g):
-            arr[b, : len(g), : g.shape[1]] = g
-    return torch.from_numpy(arr).to(device)
 
 
 def encoder_batch(teacher, texts: list[str], settings: DistillSettings) -> dict:

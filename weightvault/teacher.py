@@ -325,43 +325,50 @@ def _match(slots: dict, name: str, prefix: str) -> str | None:
     return None
 
 
-def read_stored_tensor(torch, store, f, t, pool):
-    """Decode one stored tensor into a CPU torch tensor of its stored dtype (BF16/FP8 as such)."""
+def _empty_stored(torch, f, t):
+    """An uninitialised CPU byte buffer for one stored tensor, and its typed view (BF16/FP8 as such)."""
     dt = TORCH_DTYPES.get(t.dtype)
     if dt is None or not hasattr(torch, dt):
         raise NotATransformersModelError(f.path, f"tensor {t.name!r} has dtype {t.dtype} torch cannot hold")
-    size = t.end - t.begin
-    if size == 0:
-        return torch.empty(t.shape, dtype=getattr(torch, dt))
-    buf = bytearray(size)
-    view = memoryview(buf)
-    from weightvault.archive.restore import iter_chunks
-
-    off = 0
-    for raw in iter_chunks(store, f.tensor_chunks(t), pool=pool):
-        view[off: off + len(raw)] = raw
-        off += len(raw)
-    return torch.frombuffer(buf, dtype=getattr(torch, dt)).reshape(t.shape)
+    raw = torch.empty(t.end - t.begin, dtype=torch.uint8)
+    return raw, raw.view(getattr(torch, dt)).reshape(t.shape)
 
 
 def load_weights(torch, store, manifest, model, device: str, dtype, name: str) -> None:
-    """Stream every stored tensor into ``model``'s parameters (and persistent buffers)."""
+    """Stream every stored tensor into ``model``'s parameters (and persistent buffers).
+
+    All tensors' chunks form one ordered stream decoded ahead on a thread pool, so
+    small tensors (one chunk each) still decode in parallel; each tensor is filled
+    in a buffer of its own size, converted and installed before the next begins.
+    """
+    from weightvault.archive.restore import iter_chunks
+
     files = weight_files(manifest)
     if not files:
         raise NotATransformersModelError(name, "it has no safetensors weights")
     slots = _param_slots(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
+    plan = []
+    for f in files:
+        for t in f.tensors:
+            key = _match(slots, t.name, prefix)
+            if key is None:
+                log.debug("%s: stored tensor %s has no place in %s", name, t.name, type(model).__name__)
+                continue
+            plan.append((f, t, key))
+    stream = (c for f, t, _ in plan for c in f.tensor_chunks(t))
     loaded: set[int] = set()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wv-teacher") as pool:
-        for f in files:
-            for t in f.tensors:
-                key = _match(slots, t.name, prefix)
-                if key is None:
-                    log.debug("%s: stored tensor %s has no place in %s", name, t.name, type(model).__name__)
-                    continue
-                tensor = read_stored_tensor(torch, store, f, t, pool)
-                _install(torch, slots[key], tensor, device, dtype, t.name)
-                loaded.add(id(slots[key]))
+        chunks = iter_chunks(store, stream, pool=pool)
+        for f, t, key in plan:
+            raw, typed = _empty_stored(torch, f, t)
+            view, off = memoryview(raw.numpy()), 0
+            for _ in range(t.n_chunks):
+                piece = next(chunks)
+                view[off: off + len(piece)] = piece
+                off += len(piece)
+            _install(torch, slots[key], typed, device, dtype, t.name)
+            loaded.add(id(slots[key]))
     _finish_missing(torch, model, slots, loaded, device, dtype, name)
 
 

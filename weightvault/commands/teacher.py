@@ -109,7 +109,13 @@ def token_bar(description: str, *, enabled: bool = True):
         return
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[tokens]} tok, {task.fields[rate]:.0f} tok/s"), TimeRemainingColumn(),
