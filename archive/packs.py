@@ -452,13 +452,14 @@ class PackedBackend(Backend):
 
 
 class _ReadAhead:
-    """Serve sequential chunk reads of a pack from one larger ranged GET.
+    """Serve sequential chunk reads of a pack from larger ranged GETs.
 
     Restore reads a file's chunks in order, and a snapshot wrote them to packs
     in that order, so after two adjacent reads in a pack (the kernel's
-    readahead heuristic) the next GET covers ``window`` bytes of whole chunks,
-    and the chunks after it are served from memory. A lone read (one tensor)
-    stays an exact range. Concurrent readers of a window wait for the one GET.
+    readahead heuristic) one GET covers up to ``WINDOW`` bytes of whole chunks,
+    and the next window is fetched in the background meanwhile (two GETs in
+    flight, like double buffering). A lone read (one tensor) stays an exact
+    range. Concurrent readers of a window wait for its one GET.
     """
 
     WINDOW = 16 << 20  # 16 MiB: ~60 GETs per GB instead of one per chunk
@@ -469,53 +470,70 @@ class _ReadAhead:
         self._lock = threading.Lock()
         self._windows: dict = {}  # (pack, start) -> (end, Future[bytes]), insertion-ordered for LRU
         self._ends: dict[str, set[int]] = {}  # pack -> offsets where recent reads ended
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _find(self, e: PackEntry):
-        for (pid, start), (end, fut) in self._windows.items():
-            if pid == e.pack_id and start <= e.offset and e.offset + e.length <= end:
+    def _find(self, pid: str, offset: int, length: int):
+        for (p, start), (end, fut) in self._windows.items():
+            if p == pid and start <= offset and offset + length <= end:
                 return start, end, fut
         return None
 
-    def _window_end(self, e: PackEntry) -> int:
-        """End of the run of whole chunks from ``e`` that fits in WINDOW bytes."""
+    def _run_end(self, pid: str, offset: int) -> int:
+        """End of the run of whole adjacent chunks from ``offset`` that fits in WINDOW bytes (offset if none)."""
         with self.packed._lock:
-            entries = sorted(self.packed._packs.get(e.pack_id, {}).values())
-        end = e.offset + e.length
+            entries = sorted(self.packed._packs.get(pid, {}).values())
+        end = offset
         for off, n in entries:
-            if off == end and off + n - e.offset <= self.WINDOW:
+            if off == end and off + n - offset <= self.WINDOW:
                 end = off + n
         return end
 
+    def _add(self, pid: str, start: int, end: int) -> Future:
+        """Register window [start, end) (call with the lock held)."""
+        fut: Future = Future()
+        self._windows[(pid, start)] = (end, fut)
+        while len(self._windows) > self.KEEP:
+            self._windows.pop(next(iter(self._windows)))
+        return fut
+
+    def _fetch(self, pid: str, start: int, end: int, fut: Future) -> None:
+        self.packed._bump("range_get")
+        try:
+            fut.set_result(self.packed.inner.get_range(pack_key(pid), start, end - start))
+        except BaseException as err:
+            fut.set_exception(err)
+            with self._lock:
+                self._windows.pop((pid, start), None)
+
     def read(self, e: PackEntry) -> bytes:
-        key = pack_key(e.pack_id)
+        pid = e.pack_id
+        ahead = None
         with self._lock:
-            hit = self._find(e)
-            ends = self._ends.setdefault(e.pack_id, set())
+            hit = self._find(pid, e.offset, e.length)
+            ends = self._ends.setdefault(pid, set())
             sequential = e.offset in ends
             ends.add(e.offset + e.length)
             if len(ends) > 256:
                 ends.clear()
-            if hit is None and sequential:
-                fut: Future = Future()
-                end = self._window_end(e)
-                self._windows[(e.pack_id, e.offset)] = (end, fut)
-                while len(self._windows) > self.KEEP:
-                    self._windows.pop(next(iter(self._windows)))
-                hit, mine = (e.offset, end, fut), True
-            else:
-                mine = False
+            mine = hit is None and sequential
+            if mine:
+                end = max(self._run_end(pid, e.offset), e.offset + e.length)
+                hit = (e.offset, end, self._add(pid, e.offset, end))
+            if hit is not None:
+                nxt = hit[1]
+                nxt_end = self._run_end(pid, nxt)
+                if nxt_end > nxt and self._find(pid, nxt, 1) is None:
+                    ahead = (nxt, nxt_end, self._add(pid, nxt, nxt_end))
+        if ahead is not None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="wv-readahead")
+            self._pool.submit(self._fetch, pid, *ahead)
         if hit is None:
             self.packed._bump("range_get")
-            return self.packed.inner.get_range(key, e.offset, e.length)
+            return self.packed.inner.get_range(pack_key(pid), e.offset, e.length)
         start, end, fut = hit
         if mine:
-            self.packed._bump("range_get")
-            try:
-                fut.set_result(self.packed.inner.get_range(key, start, end - start))
-            except BaseException as err:
-                fut.set_exception(err)
-                with self._lock:
-                    self._windows.pop((e.pack_id, start), None)
+            self._fetch(pid, start, end, fut)
         data = fut.result()
         return data[e.offset - start : e.offset - start + e.length]
 
