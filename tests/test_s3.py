@@ -70,12 +70,15 @@ def test_cli_init_with_endpoint_then_every_command(seaweed, s3_bucket, toy_model
     assert not any(k.startswith("team/vault/chunks/") for k in keys), "chunks must live in packs"
 
 
-def test_open_missing_s3_store_is_a_clear_error(s3_bucket, cli):
-    r = cli("log", store=f"s3://{s3_bucket}/nothing-here")
-    # `log` opens with create=True like every command; `Store.open` without create refuses:
+def test_missing_store_bad_credentials_and_dead_endpoint_are_one_line_errors(s3_bucket, cli, monkeypatch):
     with pytest.raises(StoreNotFoundError):
-        Store.open(f"s3://{s3_bucket}/absent")
-    assert r.rc == 0
+        Store.open(f"s3://{s3_bucket}/absent")  # without create
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    r = cli("log", store=f"s3://{s3_bucket}/vault")
+    assert r.rc == 10 and "access denied" in r.err and "AWS_SECRET_ACCESS_KEY" in r.err, r
+    monkeypatch.setenv("WEIGHTVAULT_S3_RETRY_TIMEOUT", "1")
+    r = cli("--endpoint", "http://127.0.0.1:9", "log", store=f"s3://{s3_bucket}/vault")
+    assert r.rc == 10 and "--endpoint" in r.err and "Traceback" not in r.err, r
 
 
 def test_packs_aggregate_chunks_and_read_by_range(s3_store_url, seaweed, s3_bucket, tmp_path):
