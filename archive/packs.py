@@ -56,6 +56,7 @@ DEFAULT_TARGET_SIZE = 32 << 20  # tens of MB: ~32 PUTs per GB, small enough to b
 CHUNK_PREFIX = "chunks/"
 PACK_PREFIX = "packs/"
 INDEX_PREFIX = "packidx/"
+REFRESH_S = 60.0  # how stale the dedup view of other writers' packs may get
 
 
 def pack_key(pack_id: str) -> str:
@@ -380,9 +381,12 @@ class PackedBackend(Backend):
         with self._lock:
             if cid in self._open.entries or cid in self._sealed:
                 return True
-        # No refresh on a miss: has() is the dedup probe, and a chunk another machine
-        # stored meanwhile is at worst stored twice (in two packs), never lost.
+        # No refresh per miss: has() is the dedup probe, and a chunk another machine
+        # stored meanwhile is at worst stored twice (in two packs), never lost. A
+        # long-running process still picks up others' packs once a minute (one LIST).
         self._ensure_loaded()
+        if cid not in self._index and time.monotonic() - self._refreshed_at > REFRESH_S:
+            self.refresh()
         return cid in self._index
 
     def stat(self, key: str) -> ObjectInfo | None:
