@@ -22,10 +22,7 @@ ref holds with no change to the snapshot code.
 Packs are uploaded on a background pool (``upload_workers`` in flight), so
 hashing and compressing continue while a pack is on the wire.
 
-GC API (for archive/gc.py and ``weightvault gc`` on a packed store):
-- :func:`pack_usage` (which packs hold live / dead chunks and how many bytes),
-- :func:`sweep_packs` (drop packs whose chunks are all unreferenced, and packs with no index),
-- :func:`repack` (rewrite partly-live packs so that their dead bytes are freed).
+GC API for a given mark set: archive/pack_gc.py (``pack_usage``, ``sweep_packs``, ``repack``).
 ``weightvault gc`` works unchanged: deleting a chunk key (``Backend.delete``)
 removes it from the in-memory index at once and rewrites each touched pack's
 index once at the next :meth:`PackedBackend.flush` (dropping the pack when its
@@ -328,7 +325,7 @@ class PackedBackend(Backend):
                 self.inner.delete(info.key)
                 n += 1
             elif sum(ln for _, ln in entries.values()) <= info.size // 2:
-                _move_live(self, pid, set(entries), entries)
+                move_live(self, pid, set(entries), entries)
                 n += 1
         return n
 
@@ -542,131 +539,7 @@ class _ReadAhead:
         return data[e.offset - start : e.offset - start + e.length]
 
 
-# -- GC support -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PackUsage:
-    """How much of a pack is still referenced.
-
-    Attributes:
-        pack_id: the pack.
-        live: chunk ids in it that are referenced.
-        dead: chunk ids in it that are not.
-        live_bytes, dead_bytes: their stored sizes.
-        mtime: when its index was last written.
-    """
-
-    pack_id: str
-    live: tuple[str, ...]
-    dead: tuple[str, ...]
-    live_bytes: int
-    dead_bytes: int
-    mtime: float
-
-    @property
-    def live_fraction(self) -> float:
-        total = self.live_bytes + self.dead_bytes
-        return self.live_bytes / total if total else 0.0
-
-
-def pack_usage(backend: PackedBackend, live_chunks: set[str]) -> list[PackUsage]:
-    """Classify every pack's chunks as live or dead.
-
-    Args:
-        backend: the packed backend.
-        live_chunks: every referenced chunk id (GC's mark set, delta bases included).
-    Returns:
-        One PackUsage per indexed pack, sorted by pack id.
-    """
-    backend.refresh()
-    out = []
-    for pid, entries in sorted(backend.pack_entries().items()):
-        # A chunk stored in several packs (concurrent writers) is live only in the copy the
-        # index resolves to; the other copies are dead bytes that GC may free.
-        chosen = {c for c in entries if c in live_chunks and backend._index.get(c, None) is not None
-                  and backend._index[c].pack_id == pid}
-        live = tuple(sorted(chosen))
-        dead = tuple(sorted(c for c in entries if c not in chosen))
-        out.append(PackUsage(pid, live, dead, sum(entries[c][1] for c in live),
-                             sum(entries[c][1] for c in dead), backend._pack_mtime.get(pid, 0.0)))
-    return out
-
-
-@dataclass
-class PackGcReport:
-    """What sweep_packs/repack did (or would do with dry_run).
-
-    Attributes:
-        packs_dropped: packs deleted because none of their chunks is referenced.
-        packs_repacked: partly-live packs rewritten.
-        orphans_dropped: packs that had no index (a crashed upload).
-        chunks_dropped: unreferenced chunks no longer stored.
-        bytes_freed: stored bytes freed.
-    """
-
-    packs_dropped: list[str] = field(default_factory=list)
-    packs_repacked: list[str] = field(default_factory=list)
-    orphans_dropped: list[str] = field(default_factory=list)
-    chunks_dropped: int = 0
-    bytes_freed: int = 0
-
-
-def sweep_packs(backend: PackedBackend, live_chunks: set[str], *, grace_s: float = 3600.0,
-                dry_run: bool = False, now: float | None = None) -> PackGcReport:
-    """Drop packs none of whose chunks is referenced, and index-less packs, older than ``grace_s``.
-
-    Call under the store's exclusive lock, after marking (``live_chunks``).
-
-    >>> # sweep_packs(store.backend, marked, grace_s=3600)
-    """
-    now = time.time() if now is None else now
-    rep = PackGcReport()
-    for u in pack_usage(backend, live_chunks):
-        if not u.live and now - u.mtime >= grace_s:
-            rep.packs_dropped.append(u.pack_id)
-            rep.chunks_dropped += len(u.dead)
-            rep.bytes_freed += u.dead_bytes
-            if not dry_run:
-                backend._rewrite_index(u.pack_id, {})
-    indexed = set(backend.pack_entries())
-    for info in list(backend.inner.list(PACK_PREFIX)):
-        pid = _chunk_id(info.key)
-        if pid not in indexed and ids.is_id(pid) and now - info.mtime >= grace_s:
-            rep.orphans_dropped.append(pid)
-            rep.bytes_freed += info.size
-            if not dry_run:
-                backend.inner.delete(info.key)
-    return rep
-
-
-def repack(backend: PackedBackend, live_chunks: set[str], *, max_live_fraction: float = 0.5,
-           grace_s: float = 3600.0, dry_run: bool = False, now: float | None = None) -> PackGcReport:
-    """Rewrite packs whose live fraction is at most ``max_live_fraction``, freeing their dead bytes.
-
-    The live chunks are copied into new packs (pack, then index), and only then
-    are the old index and old pack deleted: at every moment each live chunk is
-    reachable through some index, so a crash mid-repack loses nothing (a rerun
-    finds the chunk in two packs and drops the older one).
-
-    Returns:
-        PackGcReport with ``packs_repacked`` and the bytes freed.
-    """
-    now = time.time() if now is None else now
-    rep = PackGcReport()
-    todo = [u for u in pack_usage(backend, live_chunks)
-            if u.live and u.dead and u.live_fraction <= max_live_fraction and now - u.mtime >= grace_s]
-    for u in todo:
-        rep.packs_repacked.append(u.pack_id)
-        rep.chunks_dropped += len(u.dead)
-        rep.bytes_freed += u.dead_bytes
-        if dry_run:
-            continue
-        _move_live(backend, u.pack_id, set(u.live), backend.pack_entries()[u.pack_id])
-    return rep
-
-
-def _move_live(backend: PackedBackend, pid: str, live: set[str], entries: dict) -> None:
+def move_live(backend: PackedBackend, pid: str, live: set[str], entries: dict) -> None:
     """Copy ``live`` chunks of pack ``pid`` into new packs, then drop its index and the pack."""
     blob = backend.inner.get(pack_key(pid))
     with backend._lock:  # let put() store them again: they must land in a new pack

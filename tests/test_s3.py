@@ -13,7 +13,7 @@ import threading
 
 import pytest
 from conftest import toy_tensors, tree_files, write_model
-from weightvault.archive import packs
+from weightvault.archive import pack_gc, packs
 from weightvault.archive.leases import EXCLUSIVE_KEY, LeaseLock
 from weightvault.archive.s3 import S3Backend, S3Location
 from weightvault.archive.store import Store
@@ -211,18 +211,18 @@ def test_pack_gc_drops_dead_packs_and_repacks_partly_live(s3_store_url, tmp_path
     live = {c for f in ra.manifest.files for c, _ in f.chunks}  # as if b were removed
     dead = {c for f in rb.manifest.files for c, _ in f.chunks} - live
     b = store.backend
-    usage = packs.pack_usage(b, live)
+    usage = pack_gc.pack_usage(b, live)
     assert any(not u.live for u in usage)
-    dry = packs.sweep_packs(b, live, grace_s=0, dry_run=True)
-    assert dry.packs_dropped and len(packs.pack_usage(b, live)) == len(usage)
-    rep = packs.sweep_packs(b, live, grace_s=0)
+    dry = pack_gc.sweep_packs(b, live, grace_s=0, dry_run=True)
+    assert dry.packs_dropped and len(pack_gc.pack_usage(b, live)) == len(usage)
+    rep = pack_gc.sweep_packs(b, live, grace_s=0)
     assert rep.bytes_freed > 0 and rep.chunks_dropped > 0
     # partly live packs: repack keeps exactly the live chunks readable
-    rp = packs.repack(b, live, max_live_fraction=0.99, grace_s=0)
+    rp = pack_gc.repack(b, live, max_live_fraction=0.99, grace_s=0)
     after = Vault.open(s3_store_url).store
     stored = {i.key.rsplit("/", 1)[-1] for i in after.list_chunks()}
     assert live <= stored and not (dead & stored)
-    assert all(not u.dead for u in packs.pack_usage(after.backend, live))
+    assert all(not u.dead for u in pack_gc.pack_usage(after.backend, live))
     out = tmp_path / "out"
     Vault.open(s3_store_url).restore("a@1", out)
     assert tree_files(out) == tree_files(tmp_path / "a")
@@ -339,9 +339,9 @@ def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_u
     assert rb.stats.new_chunks == ra.stats.new_chunks  # b could not know: every chunk is in two packs
     fresh = Store.open(s3_store_url).backend
     live = {c for f in ra.manifest.files for c, _ in f.chunks}
-    usage = packs.pack_usage(fresh, live)
+    usage = pack_gc.pack_usage(fresh, live)
     assert len(usage) == 2 and sorted(len(u.live) for u in usage) == [0, len(live)]
-    rep = packs.sweep_packs(fresh, live, grace_s=0)
+    rep = pack_gc.sweep_packs(fresh, live, grace_s=0)
     assert len(rep.packs_dropped) == 1
     for name in ("x", "y"):
         Vault.open(s3_store_url).restore(f"{name}@1", tmp_path / name)
