@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from weightvault.archive import codecs
-from weightvault.archive.delta import fetch_base
+from weightvault.archive import codecs, delta
 from weightvault.errors import ChunkCorruptError
 
 CODEC = "cast"
@@ -93,7 +92,7 @@ def _decode(h, container, chunk_id, get_raw):
     if not h.base or recipe not in {r for rs in RECIPES.values() for r in rs} or h.raw_len % 2:
         raise ChunkCorruptError(chunk_id, "cast container lacks base/recipe")
     n = h.raw_len // 2
-    base = fetch_base(get_raw, h.base, chunk_id, 2 * h.raw_len)
+    base = delta.fetch_base(get_raw, h.base, chunk_id, 2 * h.raw_len)
     out = apply(recipe, base)
     if h.meta.get("exact") != "1":
         try:

@@ -35,6 +35,9 @@ XOR, SUB = "delta-xor", "delta-sub"
 # A full chunk at least every MAX_CHAIN hops: restoring the newest of a long
 # series decodes at most this many bases per chunk.
 MAX_CHAIN = 8
+# Chunks at least this large choose XOR or SUB on every SAMPLE_STRIDE-th element.
+SAMPLE_FROM = 256 << 10
+SAMPLE_STRIDE = 8
 _UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _INT = {1: np.dtype("i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4"), 8: np.dtype("<i8")}
 
@@ -142,6 +145,8 @@ def encode(raw, chunk_id: str, base: bytes, base_id: str, *, itemsize: int, base
     if len(raw) != len(base) or itemsize not in _UINT or len(raw) % itemsize or not raw:
         return None
     level = codecs.FLOAT_LEVEL if level is None else level
+    if len(codecs_to_try) > 1 and len(raw) >= SAMPLE_FROM:
+        codecs_to_try = (_pick_by_sample(raw, base, itemsize, codecs_to_try, level),)
     best = None
     for codec in codecs_to_try:
         streams, kinds = codecs.compress_streams(_planes(transform(raw, base, itemsize, codec), itemsize), level)
@@ -151,6 +156,21 @@ def encode(raw, chunk_id: str, base: bytes, base_id: str, *, itemsize: int, base
         if best is None or len(enc.container) < len(best.container):
             best = enc
     return best
+
+
+def _pick_by_sample(raw, base: bytes, itemsize: int, candidates: tuple[str, ...], level: int) -> str:
+    """The codec whose planes compress smallest on an evenly spread 1/8 sample of the chunk.
+
+    Encoding every candidate in full doubled delta ingest time; the choice on
+    a sample agreed with the full choice on the MiniLM fine-tune series.
+    """
+    u = np.frombuffer(raw, dtype=_UINT[itemsize])[::SAMPLE_STRIDE].tobytes()
+    b = np.frombuffer(base, dtype=_UINT[itemsize])[::SAMPLE_STRIDE].tobytes()
+    sizes = {}
+    for codec in candidates:
+        streams, _ = codecs.compress_streams(_planes(transform(u, b, itemsize, codec), itemsize), level)
+        sizes[codec] = sum(len(v) for v in streams.values())
+    return min(candidates, key=lambda c: (sizes[c], candidates.index(c)))
 
 
 def chain_depth(h: codecs.ChunkHeader) -> int:
