@@ -35,7 +35,7 @@ def test_flipped_byte_found_only_by_read_data_and_named_everywhere(shared, store
     data = bytearray(p.read_bytes())
     data[-5] ^= 0x01  # one bit in the payload, header untouched
     p.write_bytes(bytes(data))
-    fast = cli("verify", "--json")
+    fast = cli("verify", "--structure", "--json")
     assert fast.rc == 0 and fast.json()["mode"] == "structure"  # structure cannot see payload bits
     full = cli("verify", "--read-data", "--json")
     assert full.rc == 5
@@ -65,7 +65,7 @@ def test_structure_check_finds_missing_and_broken_chunks(damage, shared, store_d
         p.write_bytes(codecs._container(codecs._meta(cid, 13, "raw"), {"data": raw}))
     else:
         p.write_bytes(b"\xff" * 64)
-    r = cli("verify", "--json")
+    r = cli("verify", "--structure", "--json")
     assert r.rc == 5, r
     d = r.json()["damaged"]
     assert [x["chunk_id"] for x in d] == [cid]

@@ -17,9 +17,9 @@ import sys
 COMMAND_MODULES = [
     "weightvault.commands.core",
     "weightvault.commands.provenance",
+    "weightvault.commands.diff",
     "weightvault.commands.reliability",
     "weightvault.commands.teacher",
-    "weightvault.commands.diff",
 ]
 
 

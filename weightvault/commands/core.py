@@ -67,12 +67,14 @@ def register(sub, common):
 
     p = add_command(sub, "verify", help="check the store; name the versions, files and tensors any damage affects",
                     example="weightvault verify --read-data --subset 10", parents=[common],
-                    description="Default: a fast structural check (manifests parse and match their IDs, every "
-                                "chunk and delta base exists, headers and sizes are sound). --read-data also "
-                                "decodes and re-hashes every chunk, which detects any flipped byte.")
+                    description="Default: decode and re-hash every chunk the versions use (detects any flipped "
+                                "byte), as restic check --read-data. --structure is the fast check only: "
+                                "manifests parse and match their IDs, every chunk and delta base exists, "
+                                "headers and sizes are sound.")
     p.add_argument("ref", nargs="?", help="NAME@V (default: every version)")
-    p.add_argument("--read-data", action="store_true", help="decode and hash every chunk (detects any changed byte)")
-    p.add_argument("--subset", type=float, metavar="PCT", help="with --read-data: a random PCT%% of the chunks")
+    p.add_argument("--read-data", action="store_true", help="decode and hash every chunk (the default)")
+    p.add_argument("--structure", action="store_true", help="fast structural check only; reads a few KiB per chunk")
+    p.add_argument("--subset", type=float, metavar="PCT", help="re-hash a random PCT%% of the chunks")
     p.set_defaults(func=cmd_verify)
 
     p = add_command(sub, "catalog", help="catalog maintenance: rebuild, sync, path",
@@ -325,7 +327,8 @@ def cmd_verify(args):
     v = open_vault(args, create=False)
     subset = args.subset / 100 if args.subset is not None else None
     with progress_bar("verify", enabled=not args.json) as bar:
-        rep = v.verify(args.ref, subset=subset, progress=bar, read_data=args.read_data or subset is not None)
+        read_data = args.read_data or subset is not None or not args.structure
+        rep = v.verify(args.ref, subset=subset, progress=bar, read_data=read_data)
     if args.json:
         print_json({"ok": rep.ok, "mode": rep.mode, "versions": rep.versions, "chunks_checked": rep.chunks_checked,
                     "chunks_total": rep.chunks_total, "bytes_checked": rep.bytes_checked,
