@@ -20,15 +20,29 @@ from weightvault.vault import Vault
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture
-def golden(tmp_path) -> Vault:
+# golden-store-v1: core codecs (raw, zstd, bytegroup); golden-store-v1-engine: the engine's
+# codecs (fsplit, delta-sub, cast), written by weightvault 0.1 and never rewritten.
+FROZEN = ["golden-store-v1", "golden-store-v1-engine"]
+
+
+@pytest.fixture(params=FROZEN)
+def golden(request, tmp_path) -> Vault:
     """A store written by weightvault 0.1 (format 1), copied so tests may write to it."""
-    shutil.copytree(DATA / "golden-store-v1", tmp_path / "golden")
-    return Vault.open(tmp_path / "golden", create=False)
+    shutil.copytree(DATA / request.param, tmp_path / "golden")
+    v = Vault.open(tmp_path / "golden", create=False)
+    v.frozen_name = request.param
+    return v
+
+
+def test_frozen_engine_store_holds_every_engine_codec(tmp_path):
+    shutil.copytree(DATA / "golden-store-v1-engine", tmp_path / "g")
+    v = Vault.open(tmp_path / "g", create=False)
+    found = {v.store.chunk_header(i.key.rsplit("/", 1)[-1])[0].codec for i in v.store.list_chunks()}
+    assert {"fsplit", "delta-sub", "cast"} <= found
 
 
 def test_frozen_store_restores_byte_exact(golden, tmp_path):
-    expected = json.loads((DATA / "golden-store-v1.expected.json").read_text())
+    expected = json.loads((DATA / f"{golden.frozen_name}.expected.json").read_text())
     for ref, files in expected.items():
         out = tmp_path / ref.replace("@", "-")
         golden.restore(ref, out)
@@ -40,7 +54,9 @@ def test_frozen_store_restores_byte_exact(golden, tmp_path):
 def test_frozen_store_catalog_is_rebuilt_from_records_alone(golden):
     assert not golden.catalog.path.exists()
     _, rows = golden.sql("SELECT version, message FROM versions ORDER BY version")
-    assert rows == [("1", "first"), ("2", "resharded fine-tune")]
+    expected = json.loads((DATA / f"{golden.frozen_name}.expected.json").read_text())
+    assert [f"golden@{r[0]}" for r in rows] == sorted(expected)
+    assert all(r[1] for r in rows)
     assert golden.verify().ok
 
 
