@@ -27,9 +27,9 @@ import secrets
 import socket
 import threading
 import time
-from contextlib import contextmanager
 
 from weightvault.archive.backend import Backend
+from weightvault.archive.locking import Lock
 
 from weightvault.errors import LockBusyError
 
@@ -38,7 +38,7 @@ EXCLUSIVE_KEY = "locks/exclusive"
 SHARED_PREFIX = "locks/shared/"
 
 
-class LeaseLock:
+class LeaseLock(Lock):
     """A shared/exclusive lease lock on a backend, re-entrant per object and mode.
 
     >>> # with LeaseLock(backend, "store s3://b/p").held(shared=False, op="gc"): ...
@@ -194,11 +194,3 @@ class LeaseLock:
                 self.backend.delete(key)
             except Exception:  # store unreachable: the lease simply expires after ttl
                 pass
-
-    @contextmanager
-    def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):
-        self.acquire(shared=shared, timeout=timeout, op=op)
-        try:
-            yield self
-        finally:
-            self.release()

@@ -35,7 +35,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class FileLock:
+class Lock:
+    """What every store lock offers: acquire/release and a ``held`` context."""
+
+    def acquire(self, *, shared: bool, timeout: float | None = None, op: str = "") -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):
+        self.acquire(shared=shared, timeout=timeout, op=op)
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+class FileLock(Lock):
     """A shared/exclusive lock on ``path``, re-entrant per process and mode."""
 
     def __init__(self, path: str | os.PathLike, what: str, *, writer_priority: bool = False):
@@ -160,11 +178,3 @@ class FileLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = self._mode = None
-
-    @contextmanager
-    def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):
-        self.acquire(shared=shared, timeout=timeout, op=op)
-        try:
-            yield self
-        finally:
-            self.release()
