@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 import mmap
 import os
 import threading
@@ -338,7 +339,7 @@ def snapshot(
         for src, fmt, tensors, segs in plans:
             chunks, sha = writer.write_file(pool, src, segs, progress)
             entries.append(FileEntry(src.rel, src.size, sha, fmt, tuple(chunks), tuple(tensors)))
-            n_params += sum(t_elems(t) for t in tensors)
+            n_params += sum(math.prod(t.shape) for t in tensors)
     stats = writer.stats
     stats.files = len(entries)
     stats.tensors = sum(len(e.tensors) for e in entries)
@@ -363,13 +364,6 @@ def snapshot(
             raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
                                      hint="pick another --version")
         version = str(int(version) + 1)  # a concurrent snapshot took the number
-
-
-def t_elems(t: TensorEntry) -> int:
-    n = 1
-    for d in t.shape:
-        n *= d
-    return n
 
 
 def _resolve_parent(store: Store, model: str, parent: str | None) -> str | None:

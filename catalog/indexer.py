@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 
 from weightvault.archive import faults
 from weightvault.archive.manifest import Manifest
@@ -98,9 +99,7 @@ def index_version(con, store: Store, version_id: str, m: Manifest, chunk_info: d
             fc.append((version_id, f.path, seq, cid, off, n))
             off += n
         for t in f.tensors:
-            n_el = 1
-            for d in t.shape:
-                n_el *= d
+            n_el = math.prod(t.shape)
             tens.append((version_id, f.path, t.name, t.dtype, list(t.shape), n_el, t.begin, t.end,
                          [c for c, _ in f.tensor_chunks(t)]))
     bulk_insert(con, "file_chunks", ["version_id", "path", "seq", "chunk_id", "file_offset", "raw_bytes"], fc)
