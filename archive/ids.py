@@ -36,6 +36,15 @@ def sha256_hex(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (the digest the Hub and Git LFS use)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def is_id(text: str) -> bool:
     return bool(_ID_RE.match(text))
 

@@ -11,7 +11,6 @@ weightvault figures are whole-process (`python -m weightvault ...`, start-up inc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,17 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from weightvault.archive.ids import file_sha256
+
 
 def files_of(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.is_file())
-
-
-def sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def timed(fn, repeat: int) -> float:
@@ -58,7 +51,7 @@ def bench_weightvault(src: Path, work: Path, repeat: int) -> dict:
         v.restore("minilm@1", work / "out")
 
     r_api = timed(restore_api, repeat)
-    exact = all(sha(work / "out" / p.relative_to(src)) == sha(p) for p in files_of(src))
+    exact = all(file_sha256(work / "out" / p.relative_to(src)) == file_sha256(p) for p in files_of(src))
 
     def ingest_cli():
         shutil.rmtree(work / "wv2", ignore_errors=True)
@@ -95,7 +88,7 @@ def bench_zstd(src: Path, work: Path, repeat: int, level: int = 3) -> dict:
     t = timed(compress, repeat)
     stored = sum(z.stat().st_size for z in out.rglob("*.zst"))
     r = timed(decompress, repeat)
-    exact = all(sha(Path(str(z)[:-4])) == sha(src / Path(str(z)[:-4]).relative_to(out)) for z in out.rglob("*.zst"))
+    exact = all(file_sha256(Path(str(z)[:-4])) == file_sha256(src / Path(str(z)[:-4]).relative_to(out)) for z in out.rglob("*.zst"))
     return {"stored": stored, "ingest_s": t, "restore_s": r, "exact": exact}
 
 

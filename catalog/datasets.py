@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightvault import schemas
+from weightvault.archive.ids import file_sha256
 from weightvault.errors import InvalidInputError, RecordValidationError
 
 DEFAULT_VERSION = "1"
@@ -176,14 +177,6 @@ class Fingerprint:
     files: tuple[FileFingerprint, ...]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def count_rows(path: Path) -> int | None:
     """Rows of a parquet, JSON-lines, CSV or TSV file (optionally .gz); None for other files."""
     name = path.name.lower()
@@ -240,7 +233,7 @@ def fingerprint(path: str | os.PathLike, progress=None) -> Fingerprint:
         raise InvalidInputError(f"{root}: no such file or folder", hint="point at the data file or folder")
     files = []
     for rel, p in items:
-        digest = _sha256_file(p)
+        digest = file_sha256(p)
         files.append(FileFingerprint(rel, p.stat().st_size, digest, count_rows(p)))
         if progress:
             progress(files[-1].size)

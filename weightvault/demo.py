@@ -8,12 +8,12 @@ catalog with SQL and restores the new version bit-exactly.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from weightvault.archive.ids import file_sha256
 from weightvault.errors import MissingExtraError
 
 DEMO_QUERY = """SELECT model, version, raw_bytes, added_stored_bytes, message
@@ -46,14 +46,6 @@ def make_finetune(src: Path, dst: Path, layers=(4, 5), scale: float = 1e-3, seed
             changed.append(name)
     save_file(tensors, str(path), metadata={"format": "pt"})
     return changed
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_demo(vault, model: str, *, as_json: bool = False) -> int:
@@ -100,7 +92,7 @@ def run_demo(vault, model: str, *, as_json: bool = False) -> int:
         t0 = time.perf_counter()
         rr = vault.restore(f"{model}@{res2.version}", dest)
         dt = time.perf_counter() - t0
-        exact = all(_sha256(dest / p) == _sha256(ft / p) for p in rr.files)
+        exact = all(file_sha256(dest / p) == file_sha256(ft / p) for p in rr.files)
         report["restore"] = {"version": res2.version, "files": len(rr.files), "bytes": rr.bytes,
                              "seconds": round(dt, 3), "bit_exact": exact}
         if out:

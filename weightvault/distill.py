@@ -19,7 +19,6 @@ A student names a run with ``weightvault snapshot PATH --model S --distilled-fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightvault.archive import ids
+from weightvault.archive.ids import file_sha256
 from weightvault.distill_gen import DistillSettings
 from weightvault.errors import (
     DistillRunNotFoundError,
@@ -241,14 +241,6 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
     writer.close()
     os.replace(tmp, out)
     return rows, tokens, time.perf_counter() - t0, complete
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens, seconds, complete,
