@@ -13,7 +13,7 @@ import threading
 
 import pytest
 from conftest import toy_tensors, tree_files, write_model
-from weightvault.archive import pack_gc, packs
+from weightvault.archive import ids, pack_gc, packs
 from weightvault.archive.leases import EXCLUSIVE_KEY, LeaseLock
 from weightvault.archive.s3 import S3Backend, S3Location
 from weightvault.archive.store import Store
@@ -334,6 +334,10 @@ def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_u
     Store.init(s3_store_url)
     a, b = Store.open(s3_store_url), Store.open(s3_store_url)  # two machines, neither sees the other's packs yet
     a.backend.refresh(), b.backend.refresh()
+    # b's open pack already holds an unrelated chunk, so its pack can never be byte-identical to a's
+    # (identical packs share one content-named key, and the chunks would not be stored twice).
+    other = b"a chunk b wrote earlier"
+    b.backend.put(b.chunk_key(ids.content_id(other)), other)
     ra = Vault(a).snapshot(toy_model, "x")
     rb = Vault(b).snapshot(toy_model, "y")
     assert rb.stats.new_chunks == ra.stats.new_chunks  # b could not know: every chunk is in two packs
