@@ -140,11 +140,16 @@ def _meta(chunk_id: str, raw_len: int, codec: str, **extra) -> dict:
 
 
 def _encode_planes(raw, itemsize: int, level: int) -> tuple[dict[str, bytes], list[str]]:
-    arr = np.frombuffer(raw, dtype=np.uint8)
-    planes = arr.reshape(-1, itemsize).T  # view; each row is one byte position
+    from weightvault.archive.native import NONE, native
+
+    if native is not None and itemsize in (1, 2, 4, 8):
+        planes = native.planes_split(raw, None, itemsize, NONE)
+    else:
+        planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T  # view; a row per byte position
     streams, kinds = {}, []
     for k in range(itemsize):
-        plane = np.ascontiguousarray(planes[k])
+        plane = np.frombuffer(planes[k], dtype=np.uint8) if isinstance(planes[k], bytes) \
+            else np.ascontiguousarray(planes[k])
         z = zstd_compress(plane, level)
         if len(z) < plane.nbytes:
             streams[f"p{k}"], kind = z, "zstd"
@@ -292,11 +297,11 @@ def _stream(h: ChunkHeader, container: bytes, name: str, chunk_id: str) -> bytes
     if name not in h.streams:
         raise ChunkCorruptError(chunk_id, f"container lacks stream {name!r}")
     b, e = h.streams[name]
-    return container[b:e]
+    return memoryview(container)[b:e]  # no copy: zstd and the transforms read buffers
 
 
 def _decode_raw(h, container, chunk_id, get_raw):
-    return _stream(h, container, "data", chunk_id)
+    return bytes(_stream(h, container, "data", chunk_id))
 
 
 def _decode_zstd(h, container, chunk_id, get_raw):
@@ -313,13 +318,20 @@ def decode_planes(h: ChunkHeader, container: bytes, chunk_id: str, prefix: str =
     if itemsize < 1 or len(kinds) != itemsize or h.raw_len % itemsize:
         raise ChunkCorruptError(chunk_id, "bytegroup parameters do not fit raw_len")
     n = h.raw_len // itemsize
-    out = np.empty((n, itemsize), dtype=np.uint8)
+    planes = []
     for k, kind in enumerate(kinds):
         s = _stream(h, container, f"{prefix}{k}", chunk_id)
         if kind == "zstd":
             s = zstd_decompress_capped(s, n, chunk_id)
         elif kind != "raw" or len(s) != n:
             raise ChunkCorruptError(chunk_id, f"plane {k} has a bad kind or length")
+        planes.append(s)
+    from weightvault.archive.native import NONE, native
+
+    if native is not None and itemsize in (1, 2, 4, 8):
+        return np.frombuffer(native.planes_join(tuple(planes), None, NONE), dtype=np.uint8)
+    out = np.empty((n, itemsize), dtype=np.uint8)
+    for k, s in enumerate(planes):
         out[:, k] = np.frombuffer(s, dtype=np.uint8)
     return out.reshape(-1)
 

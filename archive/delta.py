@@ -29,6 +29,9 @@ from collections import OrderedDict
 import numpy as np
 
 from weightvault.archive import codecs
+from weightvault.archive.native import SUB as _N_SUB
+from weightvault.archive.native import XOR as _N_XOR
+from weightvault.archive.native import native
 from weightvault.errors import ChunkCorruptError, ChunkMissingError, DeltaBaseMissingError
 
 XOR, SUB = "delta-xor", "delta-sub"
@@ -128,6 +131,14 @@ def _planes(d: np.ndarray, itemsize: int) -> dict[str, np.ndarray]:
     return {f"p{k}": np.ascontiguousarray(pb[:, k]) for k in range(itemsize)}
 
 
+def delta_planes(raw, base: bytes, itemsize: int, codec: str) -> dict:
+    """Byte planes ``p0``.. of the delta of ``raw`` against ``base`` (one C pass when built)."""
+    if native is not None:
+        planes = native.planes_split(raw, base, itemsize, _N_XOR if codec == XOR else _N_SUB)
+        return {f"p{k}": p for k, p in enumerate(planes)}
+    return _planes(transform(raw, base, itemsize, codec), itemsize)
+
+
 def encode(raw, chunk_id: str, base: bytes, base_id: str, *, itemsize: int, base_depth: int = 0,
            codecs_to_try: tuple[str, ...] = (SUB, XOR), level: int | None = None) -> codecs.EncodedChunk | None:
     """Encode ``raw`` as the smaller of the given delta codecs against ``base``.
@@ -149,7 +160,7 @@ def encode(raw, chunk_id: str, base: bytes, base_id: str, *, itemsize: int, base
         codecs_to_try = (_pick_by_sample(raw, base, itemsize, codecs_to_try, level),)
     best = None
     for codec in codecs_to_try:
-        streams, kinds = codecs.compress_streams(_planes(transform(raw, base, itemsize, codec), itemsize), level)
+        streams, kinds = codecs.compress_streams(delta_planes(raw, base, itemsize, codec), level)
         meta = codecs.chunk_meta(chunk_id, len(raw), codec, base=base_id, depth=base_depth + 1,
                                  itemsize=itemsize, kinds=",".join(kinds), level=level)
         enc = codecs.EncodedChunk(codecs.container(meta, streams), codec, len(raw), base_id)
@@ -168,7 +179,7 @@ def _pick_by_sample(raw, base: bytes, itemsize: int, candidates: tuple[str, ...]
     b = np.frombuffer(base, dtype=_UINT[itemsize])[::SAMPLE_STRIDE].tobytes()
     sizes = {}
     for codec in candidates:
-        streams, _ = codecs.compress_streams(_planes(transform(u, b, itemsize, codec), itemsize), level)
+        streams, _ = codecs.compress_streams(delta_planes(u, b, itemsize, codec), level)
         sizes[codec] = sum(len(v) for v in streams.values())
     return min(candidates, key=lambda c: (sizes[c], candidates.index(c)))
 
@@ -193,15 +204,18 @@ def _decode(h, container, chunk_id, get_raw):
     n = h.raw_len // itemsize
     streams = codecs.decompress_streams(h, container, chunk_id, {f"p{k}": kinds[k] for k in range(itemsize)},
                                         {f"p{k}": n for k in range(itemsize)})
-    pb = np.empty((n, itemsize), dtype=np.uint8)
     for k in range(itemsize):
-        s = np.frombuffer(streams[f"p{k}"], dtype=np.uint8)
-        if len(s) != n:
-            raise ChunkCorruptError(chunk_id, f"delta plane {k} has {len(s)} bytes, expected {n}")
-        pb[:, k] = s
+        if len(streams[f"p{k}"]) != n:
+            raise ChunkCorruptError(chunk_id, f"delta plane {k} has {len(streams[f'p{k}'])} bytes, expected {n}")
     base = fetch_base(get_raw, base_id, chunk_id, h.raw_len)
     if len(base) != h.raw_len:
         raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
+    if native is not None:
+        planes = tuple(streams[f"p{k}"] for k in range(itemsize))
+        return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB)
+    pb = np.empty((n, itemsize), dtype=np.uint8)
+    for k in range(itemsize):
+        pb[:, k] = np.frombuffer(streams[f"p{k}"], dtype=np.uint8)
     return untransform(pb.reshape(-1).view(_UINT[itemsize]), base, itemsize, h.codec)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from weightvault.archive import codecs
+from weightvault.archive.native import native
 from weightvault.errors import ChunkCorruptError
 
 CODEC = "fsplit"
@@ -50,8 +51,23 @@ def _stream_names(itemsize: int) -> list[str]:
     return ["j", "n"] + [f"p{k}" for k in range(itemsize - 2)] + ["x"]
 
 
-def split(raw, itemsize: int) -> tuple[dict[str, np.ndarray], bytes]:
-    """Transform raw little-endian floats into fsplit streams.
+def split(raw, itemsize: int) -> tuple[dict, int]:
+    """Transform raw little-endian floats into fsplit streams (one C pass when built).
+
+    Args:
+        raw: bytes of whole elements (len % itemsize == 0, at least 4 elements).
+        itemsize: 4 (F32) or 2 (BF16).
+    Returns:
+        (stream name -> bytes-like, the window top T: rank = T - exponent).
+    """
+    if native is None:
+        return split_numpy(raw, itemsize)
+    top, j, nib, planes, x = native.fsplit_split(raw, itemsize)
+    return {"j": j, "n": nib, **{f"p{k}": p for k, p in enumerate(planes)}, "x": x}, top
+
+
+def split_numpy(raw, itemsize: int) -> tuple[dict[str, np.ndarray], int]:
+    """The numpy reference for :func:`split` (same bytes).
 
     Works on byte columns (no full-width rotation pass): with ``hi``/``mid``
     the top two bytes of each element, exponent = hi << 1 | mid >> 7 and
@@ -105,6 +121,13 @@ def join(streams: dict[str, bytes], top: int, itemsize: int, n: int, chunk_id: s
 
     j = get("j", n)
     nib = get("n", (n + 1) // 2)
+    planes = tuple(get(f"p{k}", n) for k in range(itemsize - 2))
+    if native is not None:
+        out = native.fsplit_join(j, nib, planes, streams["x"], top, itemsize)
+        if out is None:
+            get("x", int(np.count_nonzero((j >> 4) == ESCAPE)))  # raises, naming the counts
+            raise ChunkCorruptError(chunk_id, "fsplit escape stream does not fit")
+        return out
     rank = j >> 4
     e = np.uint8(top) - rank
     esc = rank == ESCAPE
@@ -121,7 +144,7 @@ def join(streams: dict[str, bytes], top: int, itemsize: int, n: int, chunk_id: s
     rb[:, itemsize - 1] = ((lo & 1) << 7) | (e >> 1)
     rb[:, itemsize - 2] = ((e & 1) << 7) | ((j & 0x0F) << 3) | (lo >> 1)
     for k in range(itemsize - 2):
-        rb[:, k] = get(f"p{k}", n)
+        rb[:, k] = planes[k]
     return rb.tobytes()
 
 

@@ -1,0 +1,391 @@
+/* weightvault.archive._native: one-pass byte transforms of the float codecs.
+ *
+ * The numpy reference implementations live beside their codecs
+ * (archive/floatsplit.py, archive/delta.py); this module computes exactly the
+ * same bytes in one pass over the data, with the GIL released so the snapshot
+ * and restore thread pools scale across cores. tests/test_native.py checks
+ * every function against its numpy reference. The module is optional: a
+ * build without a C compiler falls back to numpy (archive/native.py).
+ *
+ * Byte order: the formats are little-endian; the build refuses big-endian
+ * hosts (the numpy path handles them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "weightvault._native assumes a little-endian host"
+#endif
+
+#define ESCAPE 15
+
+/* A new bytes object of n bytes, contents uninitialised. */
+static PyObject *new_bytes(Py_ssize_t n, char **data) {
+    PyObject *o = PyBytes_FromStringAndSize(NULL, n);
+    if (o) *data = PyBytes_AS_STRING(o);
+    return o;
+}
+
+/* ---- fsplit ------------------------------------------------------------ */
+
+/* The window top T: argmax over t of counts[t-14..t] (first maximum), counting
+ * every 8th exponent when n >= 16384 (floatsplit.window_top). */
+static int window_top(const uint8_t *rb, Py_ssize_t n, int s) {
+    int64_t counts[256] = {0};
+    Py_ssize_t stride = n >= (1 << 14) ? 8 : 1;
+    for (Py_ssize_t i = 0; i < n; i += stride) {
+        const uint8_t *el = rb + i * s;
+        uint8_t e = (uint8_t)((el[s - 1] << 1) | (el[s - 2] >> 7));
+        counts[e]++;
+    }
+    int64_t best = -1, win = 0;
+    int top = 0;
+    for (int t = 0; t < 256; t++) {
+        win += counts[t];
+        if (t >= ESCAPE) win -= counts[t - ESCAPE];
+        if (win > best) { best = win; top = t; }
+    }
+    return top;
+}
+
+/* One element's j byte (rank clamped to ESCAPE) and nibble from its top two bytes. */
+static inline void split_top(uint16_t t, uint8_t top, uint8_t *jv, uint8_t *lo) {
+    uint8_t hi = (uint8_t)(t >> 8), mid = (uint8_t)t;
+    uint8_t e = (uint8_t)((hi << 1) | (mid >> 7));
+    uint8_t rank = (uint8_t)(top - e);
+    rank = rank < ESCAPE ? rank : ESCAPE;
+    *jv = (uint8_t)((rank << 4) | ((mid >> 3) & 0x0F));
+    *lo = (uint8_t)(((mid & 7) << 1) | (hi >> 7));
+}
+
+static inline uint16_t load_top(const uint8_t *rb, Py_ssize_t i, int s) {
+    uint16_t t;
+    memcpy(&t, rb + s * i + s - 2, 2);
+    return t;
+}
+
+/* A branch-free pass (vectorisable), then the escaped exponents collected into X. */
+static Py_ssize_t split_any(const uint8_t *restrict rb, Py_ssize_t n, int s, uint8_t top, uint8_t *restrict J,
+                            uint8_t *restrict N, uint8_t *restrict P0, uint8_t *restrict P1, uint8_t *restrict X) {
+    Py_ssize_t pairs = n / 2;
+    if (s == 4) {
+        for (Py_ssize_t h = 0; h < pairs; h++) {
+            uint64_t w;
+            memcpy(&w, rb + 8 * h, 8);
+            uint8_t j0, j1, l0, l1;
+            split_top((uint16_t)(w >> 16), top, &j0, &l0);
+            split_top((uint16_t)(w >> 48), top, &j1, &l1);
+            P0[2 * h] = (uint8_t)w;
+            P1[2 * h] = (uint8_t)(w >> 8);
+            P0[2 * h + 1] = (uint8_t)(w >> 32);
+            P1[2 * h + 1] = (uint8_t)(w >> 40);
+            J[2 * h] = j0;
+            J[2 * h + 1] = j1;
+            N[h] = (uint8_t)(l0 | (l1 << 4));
+        }
+    } else {
+        for (Py_ssize_t h = 0; h < pairs; h++) {
+            uint32_t w;
+            memcpy(&w, rb + 4 * h, 4);
+            uint8_t j0, j1, l0, l1;
+            split_top((uint16_t)w, top, &j0, &l0);
+            split_top((uint16_t)(w >> 16), top, &j1, &l1);
+            J[2 * h] = j0;
+            J[2 * h + 1] = j1;
+            N[h] = (uint8_t)(l0 | (l1 << 4));
+        }
+    }
+    if (n & 1) {
+        uint8_t jv, lo;
+        split_top(load_top(rb, n - 1, s), top, &jv, &lo);
+        J[n - 1] = jv;
+        N[n >> 1] = lo;
+        if (s == 4) {
+            P0[n - 1] = rb[4 * (n - 1)];
+            P1[n - 1] = rb[4 * (n - 1) + 1];
+        }
+    }
+    Py_ssize_t nx = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((J[i] >> 4) == ESCAPE) {
+            uint16_t t = load_top(rb, i, s);
+            X[nx++] = (uint8_t)(((t >> 8) << 1) | ((t & 0xFF) >> 7));
+        }
+    return nx;
+}
+
+/* fsplit_split(raw, itemsize) -> (top, j, n, (p0, ...), x) */
+static PyObject *fsplit_split(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int s;
+    if (!PyArg_ParseTuple(args, "y*i", &buf, &s)) return NULL;
+    PyObject *result = NULL, *j = NULL, *nib = NULL, *planes = NULL, *x = NULL;
+    uint8_t *xtmp = NULL;
+    if ((s != 2 && s != 4) || buf.len % s || buf.len < 4 * s) {
+        PyErr_SetString(PyExc_ValueError, "fsplit needs itemsize 2 or 4 and at least 4 whole elements");
+        goto done;
+    }
+    Py_ssize_t n = buf.len / s;
+    const uint8_t *rb = (const uint8_t *)buf.buf;
+    char *jd, *nd, *pd[2] = {NULL, NULL};
+    j = new_bytes(n, &jd);
+    nib = new_bytes((n + 1) / 2, &nd);
+    planes = PyTuple_New(s - 2);
+    if (!j || !nib || !planes) goto done;
+    for (int k = 0; k < s - 2; k++) {
+        PyObject *p = new_bytes(n, &pd[k]);
+        if (!p) goto done;
+        PyTuple_SET_ITEM(planes, k, p);
+    }
+    xtmp = (uint8_t *)PyMem_RawMalloc(n ? n : 1);
+    if (!xtmp) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t nx = 0;
+    int top;
+    Py_BEGIN_ALLOW_THREADS
+    top = window_top(rb, n, s);
+    nx = split_any(rb, n, s, (uint8_t)top, (uint8_t *)jd, (uint8_t *)nd, (uint8_t *)pd[0], (uint8_t *)pd[1], xtmp);
+    Py_END_ALLOW_THREADS
+    x = PyBytes_FromStringAndSize((const char *)xtmp, nx);
+    if (!x) goto done;
+    result = Py_BuildValue("(iOOOO)", top, j, nib, planes, x);
+done:
+    PyMem_RawFree(xtmp);
+    Py_XDECREF(j); Py_XDECREF(nib); Py_XDECREF(planes); Py_XDECREF(x);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* The top two bytes of an element (mid | hi << 8) from its j byte, nibble and exponent. */
+static inline uint16_t top16(uint8_t jv, uint8_t lo, uint8_t e) {
+    uint8_t hi = (uint8_t)(((lo & 1) << 7) | (e >> 1));
+    uint8_t mid = (uint8_t)(((e & 1) << 7) | ((jv & 0x0F) << 3) | (lo >> 1));
+    return (uint16_t)(mid | (hi << 8));
+}
+
+/* Two passes, both free of data-dependent branches in the common case so the
+ * compiler vectorises them: every element as if not escaped, then the few
+ * escaped elements (rank 15) patched with their exponents from X in order.
+ * Returns 1 when X does not hold exactly one byte per escaped element. */
+static int join_s(uint8_t *restrict O, const uint8_t *restrict J, const uint8_t *restrict N,
+                  const uint8_t *restrict P0, const uint8_t *restrict P1, const uint8_t *restrict X,
+                  Py_ssize_t nx, Py_ssize_t n, uint8_t top, int s) {
+    Py_ssize_t n_esc = 0;
+    for (Py_ssize_t i = 0; i < n; i++) n_esc += (J[i] >> 4) == ESCAPE;
+    if (n_esc != nx) return 1;
+    Py_ssize_t pairs = n / 2;
+    if (s == 4) {
+        for (Py_ssize_t h = 0; h < pairs; h++) {
+            uint8_t nb = N[h];
+            for (int k = 0; k < 2; k++) {
+                Py_ssize_t i = 2 * h + k;
+                uint8_t lo = k ? (uint8_t)(nb >> 4) : (uint8_t)(nb & 0x0F);
+                uint32_t w = (uint32_t)P0[i] | ((uint32_t)P1[i] << 8) |
+                             ((uint32_t)top16(J[i], lo, (uint8_t)(top - (J[i] >> 4))) << 16);
+                memcpy(O + 4 * i, &w, 4);
+            }
+        }
+    } else {
+        for (Py_ssize_t h = 0; h < pairs; h++) {
+            uint8_t nb = N[h];
+            for (int k = 0; k < 2; k++) {
+                Py_ssize_t i = 2 * h + k;
+                uint8_t lo = k ? (uint8_t)(nb >> 4) : (uint8_t)(nb & 0x0F);
+                uint16_t w = top16(J[i], lo, (uint8_t)(top - (J[i] >> 4)));
+                memcpy(O + 2 * i, &w, 2);
+            }
+        }
+    }
+    if (n & 1) {
+        Py_ssize_t i = n - 1;
+        uint16_t t = top16(J[i], (uint8_t)(N[i >> 1] & 0x0F), (uint8_t)(top - (J[i] >> 4)));
+        if (s == 4) { O[4 * i] = P0[i]; O[4 * i + 1] = P1[i]; }
+        memcpy(O + s * i + s - 2, &t, 2);
+    }
+    Py_ssize_t xi = 0;
+    for (Py_ssize_t i = 0; xi < nx && i < n; i++) {
+        if ((J[i] >> 4) != ESCAPE) continue;
+        uint8_t lo = (i & 1) ? (uint8_t)(N[i >> 1] >> 4) : (uint8_t)(N[i >> 1] & 0x0F);
+        uint16_t t = top16(J[i], lo, X[xi++]);
+        memcpy(O + s * i + s - 2, &t, 2);
+    }
+    return 0;
+}
+
+/* fsplit_join(j, n, (p0, ...), x, top, itemsize) -> bytes, or None when the
+ * escape stream x does not hold exactly one byte per escaped element (the
+ * caller names the chunk). Lengths of j, n and the planes are checked by the
+ * caller; they are re-checked here. */
+static PyObject *fsplit_join(PyObject *self, PyObject *args) {
+    Py_buffer jb, nb, xb, pb[2];
+    PyObject *planes;
+    int top, s;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*ii", &jb, &nb, &planes, &xb, &top, &s)) return NULL;
+    int np_ = 0;
+    PyObject *out = NULL;
+    if ((s != 2 && s != 4) || !PyTuple_Check(planes) || PyTuple_GET_SIZE(planes) != s - 2 || top < 0 || top > 255) {
+        PyErr_SetString(PyExc_ValueError, "bad fsplit parameters");
+        goto done;
+    }
+    for (; np_ < s - 2; np_++)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(planes, np_), &pb[np_], PyBUF_SIMPLE) < 0) goto done;
+    Py_ssize_t n = jb.len;
+    if (nb.len != (n + 1) / 2) { PyErr_SetString(PyExc_ValueError, "fsplit nibble stream length"); goto done; }
+    for (int k = 0; k < s - 2; k++)
+        if (pb[k].len != n) { PyErr_SetString(PyExc_ValueError, "fsplit plane length"); goto done; }
+    char *od;
+    out = new_bytes(n * s, &od);
+    if (!out) goto done;
+    const uint8_t *J = jb.buf, *N = nb.buf, *X = xb.buf;
+    Py_ssize_t nx = xb.len;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    bad = join_s((uint8_t *)od, J, N, s == 4 ? pb[0].buf : NULL, s == 4 ? pb[1].buf : NULL, X, nx, n,
+                 (uint8_t)top, s);
+    Py_END_ALLOW_THREADS
+    if (bad) { Py_DECREF(out); out = Py_None; Py_INCREF(out); }
+done:
+    for (int k = 0; k < np_; k++) PyBuffer_Release(&pb[k]);
+    PyBuffer_Release(&jb); PyBuffer_Release(&nb); PyBuffer_Release(&xb);
+    return out;
+}
+
+/* ---- byte planes and deltas -------------------------------------------- */
+
+enum { MODE_NONE = 0, MODE_XOR = 1, MODE_SUB = 2 };
+
+#define DEFINE_SPLIT(T, S)                                                              \
+    static void split_##S(const uint8_t *raw, const uint8_t *base, Py_ssize_t n,        \
+                          int mode, uint8_t **pl) {                                     \
+        for (Py_ssize_t i = 0; i < n; i++) {                                            \
+            T u, b = 0, d;                                                              \
+            memcpy(&u, raw + i * S, S);                                                 \
+            if (mode != MODE_NONE) memcpy(&b, base + i * S, S);                         \
+            if (mode == MODE_XOR) d = u ^ b;                                            \
+            else if (mode == MODE_SUB) {                                                \
+                T diff = (T)(u - b);                                                    \
+                d = (T)((T)(diff << 1) ^ (T)(0 - (T)(diff >> (S * 8 - 1))));            \
+            } else d = u;                                                               \
+            for (int k = 0; k < S; k++) pl[k][i] = (uint8_t)(d >> (8 * k));             \
+        }                                                                               \
+    }                                                                                   \
+    static void join_##S(uint8_t *out, const uint8_t *base, Py_ssize_t n, int mode,     \
+                         const uint8_t **pl) {                                          \
+        for (Py_ssize_t i = 0; i < n; i++) {                                            \
+            T d = 0, b = 0, u;                                                          \
+            for (int k = 0; k < S; k++) d |= (T)((T)pl[k][i] << (8 * k));               \
+            if (mode != MODE_NONE) memcpy(&b, base + i * S, S);                         \
+            if (mode == MODE_XOR) u = d ^ b;                                            \
+            else if (mode == MODE_SUB) u = (T)((T)((d >> 1) ^ (T)(0 - (T)(d & 1))) + b); \
+            else u = d;                                                                 \
+            memcpy(out + i * S, &u, S);                                                 \
+        }                                                                               \
+    }
+
+DEFINE_SPLIT(uint8_t, 1)
+DEFINE_SPLIT(uint16_t, 2)
+DEFINE_SPLIT(uint32_t, 4)
+DEFINE_SPLIT(uint64_t, 8)
+
+static int valid_itemsize(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
+
+/* planes_split(raw, base or None, itemsize, mode) -> tuple of itemsize planes:
+ * byte k of every element of d, where d = raw (mode 0), raw ^ base (1) or
+ * zigzag(raw - base) (2) per little-endian element. */
+static PyObject *planes_split(PyObject *self, PyObject *args) {
+    Py_buffer rb, bb = {0};
+    PyObject *baseobj;
+    int s, mode;
+    if (!PyArg_ParseTuple(args, "y*Oii", &rb, &baseobj, &s, &mode)) return NULL;
+    PyObject *tuple = NULL;
+    int have_base = 0;
+    if (!valid_itemsize(s) || rb.len % s || mode < 0 || mode > 2) {
+        PyErr_SetString(PyExc_ValueError, "bad itemsize, length or mode");
+        goto done;
+    }
+    if (mode != MODE_NONE) {
+        if (PyObject_GetBuffer(baseobj, &bb, PyBUF_SIMPLE) < 0) goto done;
+        have_base = 1;
+        if (bb.len != rb.len) { PyErr_SetString(PyExc_ValueError, "base length differs"); goto done; }
+    }
+    Py_ssize_t n = rb.len / s;
+    uint8_t *pl[8];
+    tuple = PyTuple_New(s);
+    if (!tuple) goto done;
+    for (int k = 0; k < s; k++) {
+        char *d;
+        PyObject *p = new_bytes(n, &d);
+        if (!p) { Py_CLEAR(tuple); goto done; }
+        pl[k] = (uint8_t *)d;
+        PyTuple_SET_ITEM(tuple, k, p);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *r = rb.buf, *b = have_base ? bb.buf : NULL;
+    switch (s) {
+    case 1: split_1(r, b, n, mode, pl); break;
+    case 2: split_2(r, b, n, mode, pl); break;
+    case 4: split_4(r, b, n, mode, pl); break;
+    default: split_8(r, b, n, mode, pl); break;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    if (have_base) PyBuffer_Release(&bb);
+    PyBuffer_Release(&rb);
+    return tuple;
+}
+
+/* planes_join(planes tuple, base or None, mode) -> bytes: inverse of planes_split. */
+static PyObject *planes_join(PyObject *self, PyObject *args) {
+    PyObject *planes, *baseobj;
+    int mode;
+    if (!PyArg_ParseTuple(args, "OOi", &planes, &baseobj, &mode)) return NULL;
+    if (!PyTuple_Check(planes) || !valid_itemsize((int)PyTuple_GET_SIZE(planes)) || mode < 0 || mode > 2) {
+        PyErr_SetString(PyExc_ValueError, "bad planes or mode");
+        return NULL;
+    }
+    int s = (int)PyTuple_GET_SIZE(planes), got = 0, have_base = 0;
+    Py_buffer pb[8], bb = {0};
+    PyObject *out = NULL;
+    for (; got < s; got++)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(planes, got), &pb[got], PyBUF_SIMPLE) < 0) goto done;
+    Py_ssize_t n = pb[0].len;
+    for (int k = 1; k < s; k++)
+        if (pb[k].len != n) { PyErr_SetString(PyExc_ValueError, "planes differ in length"); goto done; }
+    if (mode != MODE_NONE) {
+        if (PyObject_GetBuffer(baseobj, &bb, PyBUF_SIMPLE) < 0) goto done;
+        have_base = 1;
+        if (bb.len != n * s) { PyErr_SetString(PyExc_ValueError, "base length differs"); goto done; }
+    }
+    char *od;
+    out = new_bytes(n * s, &od);
+    if (!out) goto done;
+    const uint8_t *pl[8];
+    for (int k = 0; k < s; k++) pl[k] = pb[k].buf;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *o = (uint8_t *)od;
+    const uint8_t *b = have_base ? bb.buf : NULL;
+    switch (s) {
+    case 1: join_1(o, b, n, mode, pl); break;
+    case 2: join_2(o, b, n, mode, pl); break;
+    case 4: join_4(o, b, n, mode, pl); break;
+    default: join_8(o, b, n, mode, pl); break;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (int k = 0; k < got; k++) PyBuffer_Release(&pb[k]);
+    if (have_base) PyBuffer_Release(&bb);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
+    {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize) -> bytes or None"},
+    {"planes_split", planes_split, METH_VARARGS, "planes_split(raw, base, itemsize, mode) -> planes"},
+    {"planes_join", planes_join, METH_VARARGS, "planes_join(planes, base, mode) -> bytes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "One-pass codec transforms.", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,0 +1,139 @@
+"""The C transforms (archive/_native.c) give exactly the bytes of their numpy references.
+
+The numpy code in archive/floatsplit.py and archive/delta.py is the
+specification; the C module is an optimisation that must never change a
+stored byte (the frozen stores under tests/data are read by both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightvault.archive import codecs, delta, floatsplit, ids
+from weightvault.archive.native import NONE, SUB, XOR, native
+from weightvault.errors import ChunkCorruptError
+
+needs_native = pytest.mark.skipif(native is None, reason="built without a C compiler (numpy path only)")
+
+
+def weights(n: int, seed: int, scale: float = 0.05, *, wild: float = 0.0) -> np.ndarray:
+    """fp32 weights, a fraction ``wild`` of them far outside the exponent window (escapes)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(n) * scale).astype(np.float32)
+    if wild:
+        idx = rng.choice(n, max(1, int(n * wild)), replace=False)
+        w[idx] = rng.choice([1e30, -1e-30, 3e8, np.inf, np.nan], len(idx)).astype(np.float32)
+    return w
+
+
+@needs_native
+@pytest.mark.parametrize("n", [4, 5, 1023, 1 << 14, (1 << 14) + 3, 300_001])
+@pytest.mark.parametrize("wild", [0.0, 0.01])
+@pytest.mark.parametrize("dtype", ["F32", "BF16"])
+def test_fsplit_split_and_join_match_numpy(n, wild, dtype):
+    w = weights(n, seed=n, wild=wild)
+    raw = w.tobytes() if dtype == "F32" else (w.view(np.uint32) >> 16).astype("<u2").tobytes()
+    itemsize = 4 if dtype == "F32" else 2
+    ref, ref_top = floatsplit.split_numpy(raw, itemsize)
+    top, j, nib, planes, x = native.fsplit_split(raw, itemsize)
+    assert top == ref_top
+    got = {"j": j, "n": nib, **{f"p{k}": p for k, p in enumerate(planes)}, "x": x}
+    assert list(got) == list(ref)
+    for name in ref:
+        assert got[name] == ref[name].tobytes(), name
+    assert native.fsplit_join(j, nib, planes, x, top, itemsize) == raw
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=16, max_size=4096), st.sampled_from([2, 4]))
+def test_fsplit_roundtrips_any_bit_pattern(data, itemsize):
+    raw = data[: len(data) // itemsize * itemsize]
+    if len(raw) < 4 * itemsize:
+        return
+    ref, ref_top = floatsplit.split_numpy(raw, itemsize)
+    top, j, nib, planes, x = native.fsplit_split(raw, itemsize)
+    assert (top, j, x) == (ref_top, ref["j"].tobytes(), ref["x"].tobytes())
+    assert native.fsplit_join(j, nib, planes, x, top, itemsize) == raw
+
+
+@needs_native
+def test_fsplit_join_refuses_a_wrong_escape_stream():
+    raw = weights(4096, seed=1, wild=0.02).tobytes()
+    top, j, nib, planes, x = native.fsplit_split(raw, 4)
+    assert len(x) > 1
+    assert native.fsplit_join(j, nib, planes, x[:-1], top, 4) is None
+    assert native.fsplit_join(j, nib, planes, x + b"\x00", top, 4) is None
+    with pytest.raises(ValueError):
+        native.fsplit_join(j, nib[:-1], planes, x, top, 4)
+    with pytest.raises(ValueError):
+        native.fsplit_join(j, nib, (planes[0],), x, top, 4)
+
+
+def test_a_truncated_escape_stream_is_named_as_corrupt():
+    """Through the codec (C or numpy path): the chunk is named, never a wrong result."""
+    raw = weights(4096, seed=2, wild=0.02).tobytes()
+    streams, top = floatsplit.split(raw, 4)
+    streams = {k: (v.tobytes() if hasattr(v, "tobytes") else v) for k, v in streams.items()}
+    streams["x"] = streams["x"][:-1]
+    with pytest.raises(ChunkCorruptError) as e:
+        floatsplit.join(streams, top, 4, len(raw) // 4, "c" * 64)
+    assert "c" * 64 in str(e.value)
+
+
+@needs_native
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+@pytest.mark.parametrize("mode", [NONE, XOR, SUB])
+def test_planes_split_and_join_match_numpy(itemsize, mode):
+    rng = np.random.default_rng(itemsize * 10 + mode)
+    n = 10_007 * itemsize
+    raw = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    base = bytes(b ^ (i & 3) for i, b in enumerate(raw[:64])) + rng.integers(0, 256, n - 64, dtype=np.uint8).tobytes()
+    planes = native.planes_split(raw, base if mode else None, itemsize, mode)
+    if mode == NONE:
+        ref = np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T
+        assert [p for p in planes] == [np.ascontiguousarray(r).tobytes() for r in ref]
+    else:
+        codec = delta.XOR if mode == XOR else delta.SUB
+        ref = delta._planes(delta.transform(raw, base, itemsize, codec), itemsize)
+        assert list(planes) == [ref[f"p{k}"].tobytes() for k in range(itemsize)]
+    assert native.planes_join(planes, base if mode else None, mode) == raw
+
+
+@needs_native
+def test_planes_refuse_mismatched_lengths():
+    with pytest.raises(ValueError):
+        native.planes_split(b"\x00" * 8, b"\x00" * 4, 4, SUB)
+    with pytest.raises(ValueError):
+        native.planes_split(b"\x00" * 6, None, 4, NONE)
+    with pytest.raises(ValueError):
+        native.planes_join((b"\x00" * 2, b"\x00" * 3), None, NONE)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F16"])
+def test_containers_are_identical_with_and_without_the_c_module(dtype, monkeypatch):
+    """The container bytes a chunk is stored as do not depend on how it was computed."""
+    w = weights(200_000, seed=7, wild=0.001)
+    with np.errstate(over="ignore"):  # the wild values overflow fp16: inf, as a real cast would
+        f16 = w.astype(np.float16).tobytes()
+    raw = {"F32": w.tobytes(), "BF16": (w.view(np.uint32) >> 16).astype("<u2").tobytes(),
+           "F16": f16}[dtype]
+    cid = ids.content_id(raw)
+    fast = codecs.encode_chunk(raw, cid, dtype=dtype)
+    base = (w * 1.001).astype(np.float32).tobytes() if dtype == "F32" else None
+    fast_d = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4) if base else None
+    from weightvault.archive import native as native_mod
+
+    monkeypatch.setattr(native_mod, "native", None)
+    monkeypatch.setattr(floatsplit, "native", None)
+    monkeypatch.setattr(delta, "native", None)
+    slow = codecs.encode_chunk(raw, cid, dtype=dtype)
+    assert fast.container == slow.container
+    assert codecs.decode_chunk(fast.container, cid) == raw
+    if base:
+        slow_d = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4)
+        assert fast_d.container == slow_d.container
+        assert codecs.decode_chunk(slow_d.container, cid, lambda _: base) == raw
