@@ -129,13 +129,16 @@ class Vault:
 
     # -- read ----------------------------------------------------------------
 
-    def restore(self, ref, dest, *, files=None, force=False, progress=None):
-        """Restore a version into ``dest``, every file checked against its sha256."""
+    def restore(self, ref, dest, *, files=None, force=False, progress=None, fsync=False):
+        """Restore a version into ``dest``, every file checked against its sha256.
+
+        ``fsync``: flush every file to disk before renaming it into place (off: as cp or git checkout).
+        """
         from weightvault.archive.restore import restore
 
         m = self.manifest(ref)
         with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"restore {ref}"):
-            return restore(self.store, m, dest, files=files, force=force, progress=progress)
+            return restore(self.store, m, dest, files=files, force=force, progress=progress, fsync=fsync)
 
     def read_file(self, ref, path: str) -> bytes:
         """Return one file's bytes, verified against its sha256."""

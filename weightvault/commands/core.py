@@ -51,6 +51,9 @@ def register(sub, common):
     p.add_argument("dir", help="target folder")
     p.add_argument("--file", action="append", default=[], help="restore only this file (repeatable)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--fsync", action="store_true",
+                   help="flush every file to disk before it appears under its name (default: left to the OS, "
+                        "as cp and git checkout do; a restore can always be repeated)")
     p.set_defaults(func=cmd_restore)
 
     p = add_command(sub, "sql", help="run SQL on the catalog (read-only)",
@@ -249,7 +252,8 @@ def cmd_restore(args):
     v = open_vault(args, create=False)
     t0 = time.perf_counter()
     with progress_bar(f"restore {args.ref}", enabled=not args.json) as bar:
-        res = v.restore(args.ref, args.dir, files=tuple(args.file) or None, force=args.force, progress=bar)
+        res = v.restore(args.ref, args.dir, files=tuple(args.file) or None, force=args.force, progress=bar,
+                        fsync=args.fsync)
     dt = time.perf_counter() - t0
     if args.json:
         print_json({"files": list(res.files), "bytes": res.bytes, "seconds": round(dt, 3), "verified": True})
