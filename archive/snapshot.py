@@ -226,6 +226,16 @@ class ChunkWriter:
             self.store.backend.touch(self.store.chunk_key(cid))  # re-referenced: survives GC's grace
         return cid, len(view)
 
+    def forget_lost(self, chunk_ids: set[str]) -> None:
+        """Drop chunks whose exclusive put lost a race (found at flush) from the new-chunk stats."""
+        st = self.stats
+        for cid in chunk_ids:
+            info = st.new_chunk_info.pop(cid, None)
+            if info is not None:
+                st.new_chunks -= 1
+                st.new_raw_bytes -= info[0]
+                st.new_stored_bytes -= info[1]
+
     def write_file(self, pool: ThreadPoolExecutor, src: SourceFile, segs: list[Segment], progress=None):
         """Store every segment of ``src``; return (chunk list, sha256 hex)."""
         sha = hashlib.sha256()
@@ -340,6 +350,10 @@ def snapshot(
             chunks, sha = writer.write_file(pool, src, segs, progress)
             entries.append(FileEntry(src.rel, src.size, sha, fmt, tuple(chunks), tuple(tensors)))
             n_params += sum(math.prod(t.shape) for t in tensors)
+    # Every chunk durable before the manifest names it; a chunk another writer
+    # stored first (same ID, same content) is not counted as this version's.
+    lost = store.backend.flush() or set()
+    writer.forget_lost({k.rsplit("/", 1)[-1] for k in lost})
     stats = writer.stats
     stats.files = len(entries)
     stats.tensors = sum(len(e.tensors) for e in entries)

@@ -89,7 +89,10 @@ def _report(err) -> int:
 
 
 def main(argv=None) -> int:
+    from weightvault import _process
     from weightvault.errors import WeightvaultError
+
+    _process.tune()
 
     debug = os.environ.get("WEIGHTVAULT_DEBUG", "") not in ("", "0")
     log = logging.getLogger("weightvault")
