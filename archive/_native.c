@@ -213,16 +213,16 @@ static int join_s(uint8_t *restrict O, const uint8_t *restrict J, const uint8_t 
     return 0;
 }
 
-/* fsplit_join(j, n, (p0, ...), x, top, itemsize) -> bytes, or None when the
- * escape stream x does not hold exactly one byte per escaped element (the
- * caller names the chunk). Lengths of j, n and the planes are checked by the
- * caller; they are re-checked here. */
+/* fsplit_join(j, n, (p0, ...), x, top, itemsize[, dest]) -> bytes (True when
+ * written into the writable buffer dest), or None when the escape stream x
+ * does not hold exactly one byte per escaped element (the caller names the
+ * chunk). Stream lengths are checked here too. */
 static PyObject *fsplit_join(PyObject *self, PyObject *args) {
-    Py_buffer jb, nb, xb, pb[2];
-    PyObject *planes;
+    Py_buffer jb, nb, xb, pb[2], db = {0};
+    PyObject *planes, *dest = Py_None;
     int top, s;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*ii", &jb, &nb, &planes, &xb, &top, &s)) return NULL;
-    int np_ = 0;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*ii|O", &jb, &nb, &planes, &xb, &top, &s, &dest)) return NULL;
+    int np_ = 0, have_dest = 0;
     PyObject *out = NULL;
     if ((s != 2 && s != 4) || !PyTuple_Check(planes) || PyTuple_GET_SIZE(planes) != s - 2 || top < 0 || top > 255) {
         PyErr_SetString(PyExc_ValueError, "bad fsplit parameters");
@@ -235,8 +235,17 @@ static PyObject *fsplit_join(PyObject *self, PyObject *args) {
     for (int k = 0; k < s - 2; k++)
         if (pb[k].len != n) { PyErr_SetString(PyExc_ValueError, "fsplit plane length"); goto done; }
     char *od;
-    out = new_bytes(n * s, &od);
-    if (!out) goto done;
+    if (dest != Py_None) {
+        if (PyObject_GetBuffer(dest, &db, PyBUF_WRITABLE) < 0) goto done;
+        have_dest = 1;
+        if (db.len != n * s) { PyErr_SetString(PyExc_ValueError, "fsplit destination length"); goto done; }
+        od = db.buf;
+        out = Py_True;
+        Py_INCREF(out);
+    } else {
+        out = new_bytes(n * s, &od);
+        if (!out) goto done;
+    }
     const uint8_t *J = jb.buf, *N = nb.buf, *X = xb.buf;
     Py_ssize_t nx = xb.len;
     int bad = 0;
@@ -247,6 +256,7 @@ static PyObject *fsplit_join(PyObject *self, PyObject *args) {
     if (bad) { Py_DECREF(out); out = Py_None; Py_INCREF(out); }
 done:
     for (int k = 0; k < np_; k++) PyBuffer_Release(&pb[k]);
+    if (have_dest) PyBuffer_Release(&db);
     PyBuffer_Release(&jb); PyBuffer_Release(&nb); PyBuffer_Release(&xb);
     return out;
 }
@@ -335,17 +345,18 @@ done:
     return tuple;
 }
 
-/* planes_join(planes tuple, base or None, mode) -> bytes: inverse of planes_split. */
+/* planes_join(planes tuple, base or None, mode[, dest]) -> bytes: inverse of
+ * planes_split (True when written into the writable buffer dest). */
 static PyObject *planes_join(PyObject *self, PyObject *args) {
-    PyObject *planes, *baseobj;
+    PyObject *planes, *baseobj, *dest = Py_None;
     int mode;
-    if (!PyArg_ParseTuple(args, "OOi", &planes, &baseobj, &mode)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOi|O", &planes, &baseobj, &mode, &dest)) return NULL;
     if (!PyTuple_Check(planes) || !valid_itemsize((int)PyTuple_GET_SIZE(planes)) || mode < 0 || mode > 2) {
         PyErr_SetString(PyExc_ValueError, "bad planes or mode");
         return NULL;
     }
-    int s = (int)PyTuple_GET_SIZE(planes), got = 0, have_base = 0;
-    Py_buffer pb[8], bb = {0};
+    int s = (int)PyTuple_GET_SIZE(planes), got = 0, have_base = 0, have_dest = 0;
+    Py_buffer pb[8], bb = {0}, db = {0};
     PyObject *out = NULL;
     for (; got < s; got++)
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(planes, got), &pb[got], PyBUF_SIMPLE) < 0) goto done;
@@ -358,8 +369,17 @@ static PyObject *planes_join(PyObject *self, PyObject *args) {
         if (bb.len != n * s) { PyErr_SetString(PyExc_ValueError, "base length differs"); goto done; }
     }
     char *od;
-    out = new_bytes(n * s, &od);
-    if (!out) goto done;
+    if (dest != Py_None) {
+        if (PyObject_GetBuffer(dest, &db, PyBUF_WRITABLE) < 0) goto done;
+        have_dest = 1;
+        if (db.len != n * s) { PyErr_SetString(PyExc_ValueError, "planes destination length"); goto done; }
+        od = db.buf;
+        out = Py_True;
+        Py_INCREF(out);
+    } else {
+        out = new_bytes(n * s, &od);
+        if (!out) goto done;
+    }
     const uint8_t *pl[8];
     for (int k = 0; k < s; k++) pl[k] = pb[k].buf;
     Py_BEGIN_ALLOW_THREADS
@@ -375,14 +395,15 @@ static PyObject *planes_join(PyObject *self, PyObject *args) {
 done:
     for (int k = 0; k < got; k++) PyBuffer_Release(&pb[k]);
     if (have_base) PyBuffer_Release(&bb);
+    if (have_dest) PyBuffer_Release(&db);
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
-    {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize) -> bytes or None"},
+    {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize[, dest]) -> bytes, True or None"},
     {"planes_split", planes_split, METH_VARARGS, "planes_split(raw, base, itemsize, mode) -> planes"},
-    {"planes_join", planes_join, METH_VARARGS, "planes_join(planes, base, mode) -> bytes"},
+    {"planes_join", planes_join, METH_VARARGS, "planes_join(planes, base, mode[, dest]) -> bytes or True"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -368,5 +368,37 @@ def decode_chunk(container: bytes, chunk_id: str, get_raw=None, *, expected_len:
     return raw
 
 
+# codec name -> decoder(header, container, chunk_id, get_raw, dest) that writes
+# the raw bytes into the writable buffer ``dest`` (no intermediate copy);
+# codecs without one are decoded and copied.
+DECODERS_INTO: dict = {}
+
+
+def decode_chunk_into(container: bytes, chunk_id: str, dest, get_raw=None) -> None:
+    """Decode a container straight into ``dest`` (a writable buffer of the raw length) and verify it.
+
+    Used where the bytes have a home already (a tensor's memory): saves a copy
+    of every byte. On any error ``dest`` holds garbage and the error names the chunk.
+
+    Raises:
+        ChunkCorruptError: as :func:`decode_chunk`.
+    """
+    dest = memoryview(dest).cast("B")
+    h = parse_container(container, chunk_id)
+    if h.raw_len != len(dest):
+        raise ChunkCorruptError(chunk_id, f"container raw_len {h.raw_len} != recorded {len(dest)}")
+    into = DECODERS_INTO.get(h.codec)
+    if into is None or not into(h, container, chunk_id, get_raw, dest):
+        decoder = DECODERS.get(h.codec)
+        if decoder is None:
+            raise ChunkCorruptError(chunk_id, f"unknown codec {h.codec!r}", hint="upgrade weightvault")
+        raw = decoder(h, container, chunk_id, get_raw)
+        if len(raw) != h.raw_len:
+            raise ChunkCorruptError(chunk_id, f"decoded {len(raw)} bytes, expected {h.raw_len}")
+        dest[:] = raw
+    if ids.content_id(dest) != chunk_id:
+        raise ChunkCorruptError(chunk_id, "content hash does not match its ID (bit rot or tampering)")
+
+
 # Codecs living in their own modules register their decoders on import.
 from weightvault.archive import cast, delta, floatsplit  # noqa: E402,F401

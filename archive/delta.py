@@ -192,7 +192,7 @@ def chain_depth(h: codecs.ChunkHeader) -> int:
         return MAX_CHAIN
 
 
-def _decode(h, container, chunk_id, get_raw):
+def _decode(h, container, chunk_id, get_raw, dest=None):
     base_id = h.base
     try:
         itemsize = int(h.meta["itemsize"])
@@ -212,7 +212,11 @@ def _decode(h, container, chunk_id, get_raw):
         raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
     if native is not None:
         planes = tuple(streams[f"p{k}"] for k in range(itemsize))
+        if dest is not None:
+            return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB, dest)
         return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB)
+    if dest is not None:
+        return False
     pb = np.empty((n, itemsize), dtype=np.uint8)
     for k in range(itemsize):
         pb[:, k] = np.frombuffer(streams[f"p{k}"], dtype=np.uint8)
@@ -221,3 +225,5 @@ def _decode(h, container, chunk_id, get_raw):
 
 codecs.DECODERS[XOR] = _decode
 codecs.DECODERS[SUB] = _decode
+codecs.DECODERS_INTO[XOR] = _decode
+codecs.DECODERS_INTO[SUB] = _decode

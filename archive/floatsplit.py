@@ -160,7 +160,7 @@ def encode(raw, chunk_id: str, dtype: str, level: int) -> codecs.EncodedChunk | 
     return codecs.EncodedChunk(codecs.container(meta, streams), CODEC, len(raw))
 
 
-def _decode(h, container, chunk_id, get_raw):
+def _params(h, container, chunk_id):
     try:
         itemsize = int(h.meta["itemsize"])
         top = int(h.meta["top"])
@@ -172,8 +172,25 @@ def _decode(h, container, chunk_id, get_raw):
         raise ChunkCorruptError(chunk_id, "fsplit parameters do not fit")
     n = h.raw_len // itemsize
     caps = {"j": n, "n": (n + 1) // 2, "x": n, **{f"p{k}": n for k in range(itemsize - 2)}}
-    streams = codecs.decompress_streams(h, container, chunk_id, dict(zip(names, kinds)), caps)
+    return codecs.decompress_streams(h, container, chunk_id, dict(zip(names, kinds)), caps), top, itemsize, n
+
+
+def _decode(h, container, chunk_id, get_raw):
+    streams, top, itemsize, n = _params(h, container, chunk_id)
     return join(streams, top, itemsize, n, chunk_id)
 
 
+def _decode_into(h, container, chunk_id, get_raw, dest) -> bool:
+    if native is None:
+        return False
+    streams, top, itemsize, n = _params(h, container, chunk_id)
+    planes = tuple(streams[f"p{k}"] for k in range(itemsize - 2))
+    if len(streams["j"]) != n or len(streams["n"]) != (n + 1) // 2 or any(len(p) != n for p in planes):
+        return False  # the copying path names the bad stream
+    if native.fsplit_join(streams["j"], streams["n"], planes, streams["x"], top, itemsize, dest) is None:
+        raise ChunkCorruptError(chunk_id, "fsplit escape stream does not fit")
+    return True
+
+
 codecs.DECODERS[CODEC] = _decode
+codecs.DECODERS_INTO[CODEC] = _decode_into

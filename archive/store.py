@@ -175,6 +175,10 @@ class Store:
         container = self.get_container(chunk_id)
         return codecs.decode_chunk(container, chunk_id, self.read_chunk, expected_len=expected_len)
 
+    def read_chunk_into(self, chunk_id: str, dest) -> None:
+        """Decode a chunk straight into ``dest`` (writable, its raw length), verified against its ID."""
+        codecs.decode_chunk_into(self.get_container(chunk_id), chunk_id, dest, self.read_chunk)
+
     def chunk_header(self, chunk_id: str) -> tuple[codecs.ChunkHeader, int]:
         """Read only a container's header: (parsed header, stored size)."""
         key = self.chunk_key(chunk_id)

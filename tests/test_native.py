@@ -137,3 +137,60 @@ def test_containers_are_identical_with_and_without_the_c_module(dtype, monkeypat
         slow_d = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4)
         assert fast_d.container == slow_d.container
         assert codecs.decode_chunk(slow_d.container, cid, lambda _: base) == raw
+
+
+def test_decoding_into_a_buffer_gives_the_same_bytes_for_every_codec(tmp_path):
+    """read_chunk_into (teacher loading) against read_chunk, over raw, zstd, bytegroup, fsplit, deltas, casts."""
+    from weightvault.archive import cast
+    from weightvault.archive.store import Store
+
+    store = Store.init(tmp_path / "s")
+    w = weights(50_000, seed=3, wild=0.001)
+    f32 = w.tobytes()
+    chunks = {}
+
+    def put(raw, enc):
+        cid = ids.content_id(raw)
+        store.put_chunk(cid, enc(raw, cid))
+        chunks[cid] = raw
+        return cid
+
+    base_id = put(f32, lambda r, c: codecs.encode_chunk(r, c, dtype="F32"))
+    put(bytes(range(256)) * 40, lambda r, c: codecs.encode_chunk(r, c))
+    put(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        lambda r, c: codecs.encode_chunk(r, c))
+    with np.errstate(over="ignore"):
+        f16 = w.astype(np.float16).tobytes()
+    put(f16, lambda r, c: codecs.encode_chunk(r, c, dtype="F16"))
+    tuned = (w * np.float32(1.0001)).astype(np.float32).tobytes()
+    put(tuned, lambda r, c: delta.encode(r, c, f32, base_id, itemsize=4, codecs_to_try=(delta.SUB,)))
+    put(tuned, lambda r, c: delta.encode(r, c, f32, base_id, itemsize=4, codecs_to_try=(delta.XOR,)))
+    bf16 = cast.apply("bf16-rne", f32).tobytes()
+    put(bf16, lambda r, c: cast.encode(r, c, "BF16", f32, base_id))
+    store.backend.flush()
+    seen = set()
+    for cid, raw in chunks.items():
+        seen.add(codecs.parse_container(store.get_container(cid), cid).codec)
+        dest = bytearray(len(raw))
+        store.read_chunk_into(cid, dest)
+        assert bytes(dest) == raw == store.read_chunk(cid)
+    assert {"fsplit", "zstd", "bytegroup", "cast", "delta-sub"} <= seen
+
+
+def test_decoding_into_a_buffer_refuses_a_damaged_chunk(tmp_path):
+    from weightvault.archive.store import Store
+
+    store = Store.init(tmp_path / "s")
+    raw = weights(20_000, seed=4).tobytes()
+    cid = ids.content_id(raw)
+    store.put_chunk(cid, codecs.encode_chunk(raw, cid, dtype="F32"))
+    store.backend.flush()
+    path = tmp_path / "s" / store.chunk_key(cid)
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 0x40  # a bit flip inside the last stream
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ChunkCorruptError) as e:
+        store.read_chunk_into(cid, bytearray(len(raw)))
+    assert cid in str(e.value)
+    with pytest.raises(ChunkCorruptError):
+        store.read_chunk_into(cid, bytearray(len(raw) - 4))

@@ -335,14 +335,14 @@ def _empty_stored(torch, f, t):
 
 
 def load_weights(torch, store, manifest, model, device: str, dtype, name: str) -> None:
-    """Stream every stored tensor into ``model``'s parameters (and persistent buffers).
+    """Decode every stored tensor straight into its CPU buffer, then install it in ``model``.
 
-    All tensors' chunks form one ordered stream decoded ahead on a thread pool, so
-    small tensors (one chunk each) still decode in parallel; each tensor is filled
-    in a buffer of its own size, converted and installed before the next begins.
+    Every chunk of every tensor is one task on a thread pool that decodes it
+    into its place in the tensor's buffer (no intermediate copy) and checks its
+    hash there; tensors are converted and installed in checkpoint order as
+    their chunks complete. Peak memory: the stored tensors once, plus a
+    chunk's temporaries per thread.
     """
-    from weightvault.archive.restore import iter_chunks
-
     files = weight_files(manifest)
     if not files:
         raise NotATransformersModelError(name, "it has no safetensors weights")
@@ -356,19 +356,27 @@ def load_weights(torch, store, manifest, model, device: str, dtype, name: str) -
                 log.debug("%s: stored tensor %s has no place in %s", name, t.name, type(model).__name__)
                 continue
             plan.append((f, t, key))
-    stream = (c for f, t, _ in plan for c in f.tensor_chunks(t))
     loaded: set[int] = set()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wv-teacher") as pool:
-        chunks = iter_chunks(store, stream, pool=pool)
+        jobs = []
         for f, t, key in plan:
             raw, typed = _empty_stored(torch, f, t)
-            view, off = memoryview(raw.numpy()), 0
-            for _ in range(t.n_chunks):
-                piece = next(chunks)
-                view[off: off + len(piece)] = piece
-                off += len(piece)
-            _install(torch, slots[key], typed, device, dtype, t.name)
-            loaded.add(id(slots[key]))
+            view, off, futs = memoryview(raw.numpy()), 0, []
+            for cid, n in f.tensor_chunks(t):
+                futs.append(pool.submit(store.read_chunk_into, cid, view[off: off + n]))
+                off += n
+            jobs.append((t, key, typed, futs))
+        try:
+            for t, key, typed, futs in jobs:
+                for fut in futs:
+                    fut.result()
+                _install(torch, slots[key], typed, device, dtype, t.name)
+                loaded.add(id(slots[key]))
+        except BaseException:
+            for _, _, _, futs in jobs:
+                for fut in futs:
+                    fut.cancel()
+            raise
     _finish_missing(torch, model, slots, loaded, device, dtype, name)
 
 
