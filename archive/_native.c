@@ -404,7 +404,46 @@ done:
     return out;
 }
 
+/* ---- casts -------------------------------------------------------------- */
+
+/* cast_bf16(f32 bytes, rne) -> bytes: the bf16 bit patterns of little-endian
+ * fp32 values, rounded to nearest even (NaN -> 0x7FC0) or truncated (cast.apply). */
+static PyObject *cast_bf16(PyObject *self, PyObject *args) {
+    Py_buffer bb;
+    int rne;
+    if (!PyArg_ParseTuple(args, "y*p", &bb, &rne)) return NULL;
+    PyObject *out = NULL;
+    if (bb.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "fp32 bytes must be a multiple of 4");
+        goto done;
+    }
+    Py_ssize_t n = bb.len / 4;
+    char *od;
+    out = new_bytes(2 * n, &od);
+    if (!out) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *restrict in = bb.buf;
+    uint8_t *restrict o = (uint8_t *)od;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, in + 4 * i, 4);
+        uint16_t r;
+        if (rne) {
+            r = (uint16_t)((uint32_t)(u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+            r = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : r;
+        } else {
+            r = (uint16_t)(u >> 16);
+        }
+        memcpy(o + 2 * i, &r, 2);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&bb);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"cast_bf16", cast_bf16, METH_VARARGS, "cast_bf16(f32, rne) -> bf16 bit patterns"},
     {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
     {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize[, dest]) -> bytes, True or None"},
     {"planes_split", planes_split, METH_VARARGS, "planes_split(raw, base, itemsize, mode) -> planes"},

@@ -194,3 +194,17 @@ def test_decoding_into_a_buffer_refuses_a_damaged_chunk(tmp_path):
     assert cid in str(e.value)
     with pytest.raises(ChunkCorruptError):
         store.read_chunk_into(cid, bytearray(len(raw) - 4))
+
+
+@needs_native
+@pytest.mark.parametrize("recipe", ["bf16-rne", "bf16-trunc"])
+def test_bf16_casts_match_numpy_on_every_kind_of_value(recipe):
+    from weightvault.archive import cast
+
+    rng = np.random.default_rng(11)
+    special = np.array([0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001,
+                        0x00000001, 0x007FFFFF, 0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F80FFFF, 0xFFFFFFFF],
+                       dtype="<u4")
+    u = np.concatenate([special, rng.integers(0, 1 << 32, 100_000, dtype=np.uint64).astype("<u4")])
+    base = u.tobytes()
+    assert cast.apply(recipe, base).tobytes() == cast.apply_numpy(recipe, base).tobytes()

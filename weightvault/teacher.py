@@ -159,7 +159,7 @@ def write_aux_files(vault, ref, manifest, folder: Path) -> list[str]:
             continue
         target = paths.safe_target(folder, f.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(vault.read_file(ref, f.path))
+        target.write_bytes(vault.read_file(manifest, f.path))
         written.append(f.path)
     return written
 

@@ -141,13 +141,13 @@ class Vault:
             return restore(self.store, m, dest, files=files, force=force, progress=progress, fsync=fsync)
 
     def read_file(self, ref, path: str) -> bytes:
-        """Return one file's bytes, verified against its sha256."""
+        """Return one file's bytes, verified against its sha256 (``ref``: NAME@V, or a Manifest)."""
         import hashlib
 
         from weightvault.archive.restore import iter_chunks
         from weightvault.errors import FileDigestMismatchError, FileNotInVersionError
 
-        m = self.manifest(ref)
+        m = ref if isinstance(ref, Manifest) else self.manifest(ref)
         f = m.file(path)
         if f is None:
             raise FileNotInVersionError(str(ref), path)
