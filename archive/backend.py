@@ -21,11 +21,13 @@ the build machine: snapshot 0.53 s with an fsync in each encoding thread,
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import secrets
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -174,6 +176,7 @@ class LocalBackend(Backend):
         with self._plock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(SETTLE_THREADS, thread_name_prefix="wv-settle")
+                atexit.register(_flush_at_exit, weakref.ref(self))
             self._pending[key] = self._pool.submit(self._settle, key, tmp, final)
             backlog = [f for f in self._pending.values() if not f.done()]
         for f in backlog[: max(0, len(backlog) - MAX_PENDING)]:
@@ -322,3 +325,13 @@ class LocalBackend(Backend):
             except FileNotFoundError:
                 pass
         return n
+
+
+def _flush_at_exit(ref) -> None:
+    """Settle what a process wrote behind and never flushed (a command that stores chunks only)."""
+    backend = ref()
+    if backend is not None and backend._pending:
+        try:
+            backend.flush()
+        except Exception:  # reported where it matters (snapshot flushes before its manifest)
+            pass

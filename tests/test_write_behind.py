@@ -114,3 +114,15 @@ def test_without_fsync_chunks_are_written_in_place(tmp_path):
     b = LocalBackend(tmp_path, fsync=False)
     b.put(key(6), b"data", exclusive=True)
     assert not b._pending and (tmp_path / key(6)).read_bytes() == b"data"
+
+
+def test_a_process_that_never_flushes_still_settles_its_chunks_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from weightvault.archive.backend import LocalBackend\n"
+            f"b = LocalBackend({str(tmp_path)!r})\n"
+            f"assert b.put({key(7)!r}, b'late', exclusive=True)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / key(7)).read_bytes() == b"late"
+    assert not list((tmp_path / "tmp").iterdir())
