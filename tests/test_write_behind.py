@@ -116,7 +116,7 @@ def test_without_fsync_chunks_are_written_in_place(tmp_path):
     assert not b._pending and (tmp_path / key(6)).read_bytes() == b"data"
 
 
-def test_a_process_that_never_flushes_still_settles_its_chunks_at_exit(tmp_path):
+def test_a_process_that_never_flushes_still_names_its_chunks_before_exit(tmp_path):
     import subprocess
     import sys
 
