@@ -21,8 +21,8 @@ one base suffices. Metadata also carries ``base`` and ``depth`` like deltas.
 
 from __future__ import annotations
 
-import numpy as np
 
+from weightvault.archive._lazy import numpy as np
 from weightvault.archive import codecs, delta
 from weightvault.archive.native import native
 from weightvault.errors import ChunkCorruptError

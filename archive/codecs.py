@@ -21,10 +21,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 import zstandard
 
 from weightvault.archive import ids
+from weightvault.archive._lazy import numpy as np
 from weightvault.archive.safetensors_header import (
     DTYPE_BITS,
     FLOAT_DTYPES,

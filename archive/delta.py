@@ -26,8 +26,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-import numpy as np
 
+from weightvault.archive._lazy import numpy as np
 from weightvault.archive import codecs
 from weightvault.archive.native import SUB as _N_SUB
 from weightvault.archive.native import XOR as _N_XOR
@@ -41,8 +41,9 @@ MAX_CHAIN = 8
 # Chunks at least this large choose XOR or SUB on every SAMPLE_STRIDE-th element.
 SAMPLE_FROM = 256 << 10
 SAMPLE_STRIDE = 8
-_UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
-_INT = {1: np.dtype("i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4"), 8: np.dtype("<i8")}
+_UINT = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+_INT = {1: "i1", 2: "<i2", 4: "<i4", 8: "<i8"}
+_FORMAT = {1: "B", 2: "H", 4: "I", 8: "Q"}  # memoryview element formats of those sizes
 
 
 class BaseCache:
@@ -175,8 +176,8 @@ def _pick_by_sample(raw, base: bytes, itemsize: int, candidates: tuple[str, ...]
     Encoding every candidate in full doubled delta ingest time; the choice on
     a sample agreed with the full choice on the MiniLM fine-tune series.
     """
-    u = np.frombuffer(raw, dtype=_UINT[itemsize])[::SAMPLE_STRIDE].tobytes()
-    b = np.frombuffer(base, dtype=_UINT[itemsize])[::SAMPLE_STRIDE].tobytes()
+    u = memoryview(raw).cast("B").cast(_FORMAT[itemsize])[::SAMPLE_STRIDE].tobytes()
+    b = memoryview(base).cast("B").cast(_FORMAT[itemsize])[::SAMPLE_STRIDE].tobytes()
     sizes = {}
     for codec in candidates:
         streams, _ = codecs.compress_streams(delta_planes(u, b, itemsize, codec), level)

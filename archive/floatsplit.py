@@ -34,8 +34,8 @@ below 15, else the escape), ``kinds`` (``zstd`` or ``raw`` per stream in the ord
 
 from __future__ import annotations
 
-import numpy as np
 
+from weightvault.archive._lazy import numpy as np
 from weightvault.archive import codecs
 from weightvault.archive.native import native
 from weightvault.errors import ChunkCorruptError
@@ -43,7 +43,7 @@ from weightvault.errors import ChunkCorruptError
 CODEC = "fsplit"
 # dtypes whose exponent is exactly 8 bits and straddles the top two bytes.
 FSPLIT_DTYPES = {"F32": 4, "BF16": 2}
-_UINT = {4: np.dtype("<u4"), 2: np.dtype("<u2")}
+_UINT = {4: "<u4", 2: "<u2"}
 ESCAPE = 15
 
 
@@ -113,21 +113,31 @@ def window_top(e: np.ndarray) -> int:
 def join(streams: dict[str, bytes], top: int, itemsize: int, n: int, chunk_id: str) -> bytes:
     """Inverse of :func:`split`; checks every stream length."""
 
+    def check(name, length):
+        if len(streams[name]) != length:
+            raise ChunkCorruptError(chunk_id, f"fsplit stream {name!r} has {len(streams[name])} bytes, expected {length}")
+
+    check("j", n)
+    check("n", (n + 1) // 2)
+    for k in range(itemsize - 2):
+        check(f"p{k}", n)
+    if native is not None:
+        planes = tuple(streams[f"p{k}"] for k in range(itemsize - 2))
+        out = native.fsplit_join(streams["j"], streams["n"], planes, streams["x"], top, itemsize)
+        if out is None:
+            jb = bytes(streams["j"])
+            check("x", sum(jb.count(v) for v in range(ESCAPE << 4, 256)))  # raises, naming the counts
+            raise ChunkCorruptError(chunk_id, "fsplit escape stream does not fit")
+        return out
+
     def get(name, length):
-        a = np.frombuffer(streams[name], dtype=np.uint8)
-        if length is not None and len(a) != length:
-            raise ChunkCorruptError(chunk_id, f"fsplit stream {name!r} has {len(a)} bytes, expected {length}")
-        return a
+        if length is not None:
+            check(name, length)
+        return np.frombuffer(streams[name], dtype=np.uint8)
 
     j = get("j", n)
     nib = get("n", (n + 1) // 2)
     planes = tuple(get(f"p{k}", n) for k in range(itemsize - 2))
-    if native is not None:
-        out = native.fsplit_join(j, nib, planes, streams["x"], top, itemsize)
-        if out is None:
-            get("x", int(np.count_nonzero((j >> 4) == ESCAPE)))  # raises, naming the counts
-            raise ChunkCorruptError(chunk_id, "fsplit escape stream does not fit")
-        return out
     rank = j >> 4
     e = np.uint8(top) - rank
     esc = rank == ESCAPE
