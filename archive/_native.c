@@ -14,6 +14,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "weightvault._native assumes a little-endian host"
@@ -129,7 +132,7 @@ static PyObject *fsplit_split(PyObject *self, PyObject *args) {
     }
     Py_ssize_t n = buf.len / s;
     const uint8_t *rb = (const uint8_t *)buf.buf;
-    char *jd, *nd, *pd[2] = {NULL, NULL};
+    char *jd = NULL, *nd = NULL, *pd[2] = {NULL, NULL};
     j = new_bytes(n, &jd);
     nib = new_bytes((n + 1) / 2, &nd);
     planes = PyTuple_New(s - 2);
@@ -174,11 +177,38 @@ static int join_s(uint8_t *restrict O, const uint8_t *restrict J, const uint8_t 
     Py_ssize_t n_esc = 0;
     for (Py_ssize_t i = 0; i < n; i++) n_esc += (J[i] >> 4) == ESCAPE;
     if (n_esc != nx) return 1;
+    Py_ssize_t full = 0;
+#ifdef __SSE2__
+    if (s == 4) {  /* 16 elements per step with SSE2 (every x86-64 has it) */
+        full = n / 16 * 16;
+        const __m128i m0f = _mm_set1_epi8(0x0F), m01 = _mm_set1_epi8(1), m7f = _mm_set1_epi8(0x7F),
+                      m07 = _mm_set1_epi8(0x07), vtop = _mm_set1_epi8((char)top);
+        for (Py_ssize_t b = 0; b < full; b += 16) {
+            __m128i jv = _mm_loadu_si128((const __m128i *)(J + b));
+            __m128i nb = _mm_loadl_epi64((const __m128i *)(N + b / 2));
+            __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(nb, m0f), _mm_and_si128(_mm_srli_epi16(nb, 4), m0f));
+            __m128i e = _mm_sub_epi8(vtop, _mm_and_si128(_mm_srli_epi16(jv, 4), m0f));
+            __m128i hi = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(lo, m01), 7),
+                                      _mm_and_si128(_mm_srli_epi16(e, 1), m7f));
+            __m128i mid = _mm_or_si128(_mm_or_si128(_mm_slli_epi16(_mm_and_si128(e, m01), 7),
+                                                    _mm_slli_epi16(_mm_and_si128(jv, m0f), 3)),
+                                       _mm_and_si128(_mm_srli_epi16(lo, 1), m07));
+            __m128i p0 = _mm_loadu_si128((const __m128i *)(P0 + b));
+            __m128i p1 = _mm_loadu_si128((const __m128i *)(P1 + b));
+            __m128i low_lo = _mm_unpacklo_epi8(p0, p1), low_hi = _mm_unpackhi_epi8(p0, p1);
+            __m128i top_lo = _mm_unpacklo_epi8(mid, hi), top_hi = _mm_unpackhi_epi8(mid, hi);
+            _mm_storeu_si128((__m128i *)(O + 4 * b), _mm_unpacklo_epi16(low_lo, top_lo));
+            _mm_storeu_si128((__m128i *)(O + 4 * b + 16), _mm_unpackhi_epi16(low_lo, top_lo));
+            _mm_storeu_si128((__m128i *)(O + 4 * b + 32), _mm_unpacklo_epi16(low_hi, top_hi));
+            _mm_storeu_si128((__m128i *)(O + 4 * b + 48), _mm_unpackhi_epi16(low_hi, top_hi));
+        }
+    }
+#endif
     /* Blocks of BLK elements through small stack arrays: every inner loop is
      * straight-line byte arithmetic the compiler vectorises. */
     enum { BLK = 64 };
-    Py_ssize_t full = n / BLK * BLK;
-    for (Py_ssize_t b = 0; b < full; b += BLK) {
+    Py_ssize_t blocks_end = full + (n - full) / BLK * BLK;
+    for (Py_ssize_t b = full; b < blocks_end; b += BLK) {
         uint8_t lo[BLK], hi[BLK], mid[BLK];
         const uint8_t *Nb = N + b / 2, *Jb = J + b;
         for (int k = 0; k < BLK / 2; k++) {
@@ -202,7 +232,7 @@ static int join_s(uint8_t *restrict O, const uint8_t *restrict J, const uint8_t 
             memcpy(O + 2 * b, w, sizeof w);
         }
     }
-    for (Py_ssize_t i = full; i < n; i++) {  /* the tail, one element at a time */
+    for (Py_ssize_t i = blocks_end; i < n; i++) {  /* the tail, one element at a time */
         uint8_t lo = (i & 1) ? (uint8_t)(N[i >> 1] >> 4) : (uint8_t)(N[i >> 1] & 0x0F);
         uint16_t t = top16(J[i], lo, (uint8_t)(top - (J[i] >> 4)));
         if (s == 4) { O[4 * i] = P0[i]; O[4 * i + 1] = P1[i]; }
