@@ -472,7 +472,46 @@ done:
     return out;
 }
 
+/* xor_count(a, b, itemsize) -> (number of differing elements, a ^ b as bytes or None when equal). */
+static PyObject *xor_count(PyObject *self, PyObject *args) {
+    Py_buffer ab, bb;
+    int s;
+    if (!PyArg_ParseTuple(args, "y*y*i", &ab, &bb, &s)) return NULL;
+    PyObject *out = NULL, *x = NULL;
+    if (!valid_itemsize(s) || ab.len != bb.len || ab.len % s) {
+        PyErr_SetString(PyExc_ValueError, "xor_count needs equal lengths of whole elements");
+        goto done;
+    }
+    Py_ssize_t n = ab.len / s, diff = 0;
+    const uint8_t *A = ab.buf, *B = bb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int d = 0;
+        for (int k = 0; k < s; k++) d |= A[i * s + k] ^ B[i * s + k];
+        diff += d != 0;
+    }
+    Py_END_ALLOW_THREADS
+    if (diff) {
+        char *xd;
+        x = new_bytes(ab.len, &xd);
+        if (!x) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < ab.len; i++) xd[i] = (char)(A[i] ^ B[i]);
+        Py_END_ALLOW_THREADS
+    } else {
+        x = Py_None;
+        Py_INCREF(x);
+    }
+    out = Py_BuildValue("(nO)", diff, x);
+done:
+    Py_XDECREF(x);
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&bb);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"xor_count", xor_count, METH_VARARGS, "xor_count(a, b, itemsize) -> (n_diff, a ^ b or None)"},
     {"cast_bf16", cast_bf16, METH_VARARGS, "cast_bf16(f32, rne) -> bf16 bit patterns"},
     {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
     {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize[, dest]) -> bytes, True or None"},

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from weightvault.archive._lazy import numpy as np
 from weightvault.archive import codecs, delta
-from weightvault.archive.native import native
+from weightvault.archive.native import NONE, XOR, native
 from weightvault.errors import ChunkCorruptError
 
 CODEC = "cast"
@@ -67,11 +67,9 @@ def encode(raw, chunk_id: str, dtype: str, base: bytes, base_id: str, *, base_de
     recipes = RECIPES.get(dtype)
     if not recipes or len(base) != 2 * len(raw) or not raw:
         return None
-    new = np.frombuffer(raw, dtype="<u2")
     best = None
     for recipe in recipes:
-        resid = new ^ apply(recipe, base)
-        n_diff = int(np.count_nonzero(resid))
+        n_diff, resid = _residual(raw, recipe, base)
         if best is None or n_diff < best[1]:
             best = (recipe, n_diff, resid)
         if n_diff == 0:
@@ -82,12 +80,31 @@ def encode(raw, chunk_id: str, dtype: str, base: bytes, base_id: str, *, base_de
     if n_diff == 0:
         meta = codecs.chunk_meta(chunk_id, len(raw), CODEC, exact=1, **extra)
         return codecs.EncodedChunk(codecs.container(meta, {}), CODEC, len(raw), base_id)
-    pb = resid.view(np.uint8).reshape(-1, 2)
-    streams, kinds = codecs.compress_streams({"r0": np.ascontiguousarray(pb[:, 0]),
-                                              "r1": np.ascontiguousarray(pb[:, 1])}, level)
+    if native is not None:
+        r0, r1 = native.planes_split(resid, None, 2, NONE)
+    else:
+        pb = np.frombuffer(resid, dtype=np.uint8).reshape(-1, 2)
+        r0, r1 = np.ascontiguousarray(pb[:, 0]), np.ascontiguousarray(pb[:, 1])
+    streams, kinds = codecs.compress_streams({"r0": r0, "r1": r1}, level)
     meta = codecs.chunk_meta(chunk_id, len(raw), CODEC, exact=0, kinds=",".join(kinds), level=level,
                              n_diff=n_diff, **extra)
     return codecs.EncodedChunk(codecs.container(meta, streams), CODEC, len(raw), base_id)
+
+
+def _cast_bytes(recipe: str, base) -> bytes:
+    if native is not None and recipe in ("bf16-rne", "bf16-trunc"):
+        return native.cast_bf16(base, recipe == "bf16-rne")
+    return apply_numpy(recipe, base).tobytes()
+
+
+def _residual(raw, recipe: str, base) -> tuple[int, bytes | None]:
+    """(elements where ``raw`` differs from the cast of ``base``, their XOR as bytes or None)."""
+    casted = _cast_bytes(recipe, base)
+    if native is not None:
+        return native.xor_count(raw, casted, 2)
+    resid = np.frombuffer(raw, dtype="<u2") ^ np.frombuffer(casted, dtype="<u2")
+    n_diff = int(np.count_nonzero(resid))
+    return n_diff, (resid.tobytes() if n_diff else None)
 
 
 def recipe_of(h: codecs.ChunkHeader) -> tuple[str, bool]:
@@ -101,23 +118,25 @@ def _decode(h, container, chunk_id, get_raw):
         raise ChunkCorruptError(chunk_id, "cast container lacks base/recipe")
     n = h.raw_len // 2
     base = delta.fetch_base(get_raw, h.base, chunk_id, 2 * h.raw_len)
-    out = apply(recipe, base)
-    if h.meta.get("exact") != "1":
-        try:
-            kinds = h.meta["kinds"].split(",")
-        except KeyError:
-            raise ChunkCorruptError(chunk_id, "cast container lacks kinds") from None
-        if len(kinds) != 2:
-            raise ChunkCorruptError(chunk_id, "cast residual needs two planes")
-        s = codecs.decompress_streams(h, container, chunk_id, {"r0": kinds[0], "r1": kinds[1]}, {"r0": n, "r1": n})
-        pb = np.empty((n, 2), dtype=np.uint8)
-        for k in range(2):
-            p = np.frombuffer(s[f"r{k}"], dtype=np.uint8)
-            if len(p) != n:
-                raise ChunkCorruptError(chunk_id, f"cast residual plane {k} has {len(p)} bytes, expected {n}")
-            pb[:, k] = p
-        out = out ^ pb.reshape(-1).view("<u2")
-    return out.tobytes()
+    casted = _cast_bytes(recipe, base)
+    if h.meta.get("exact") == "1":
+        return casted
+    try:
+        kinds = h.meta["kinds"].split(",")
+    except KeyError:
+        raise ChunkCorruptError(chunk_id, "cast container lacks kinds") from None
+    if len(kinds) != 2:
+        raise ChunkCorruptError(chunk_id, "cast residual needs two planes")
+    s = codecs.decompress_streams(h, container, chunk_id, {"r0": kinds[0], "r1": kinds[1]}, {"r0": n, "r1": n})
+    for k in range(2):
+        if len(s[f"r{k}"]) != n:
+            raise ChunkCorruptError(chunk_id, f"cast residual plane {k} has {len(s[f'r{k}'])} bytes, expected {n}")
+    if native is not None:
+        return native.planes_join((s["r0"], s["r1"]), casted, XOR)
+    pb = np.empty((n, 2), dtype=np.uint8)
+    for k in range(2):
+        pb[:, k] = np.frombuffer(s[f"r{k}"], dtype=np.uint8)
+    return (np.frombuffer(casted, dtype="<u2") ^ pb.reshape(-1).view("<u2")).tobytes()
 
 
 codecs.DECODERS[CODEC] = _decode

@@ -176,3 +176,31 @@ def test_restore_digest_mismatch_is_reported(vault, toy_model, tmp_path, monkeyp
         restore(vault.store, bad, tmp_path / "o")
     assert not (tmp_path / "o" / "config.json").exists()
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_damaged_chunk_mid_file_leaves_no_file_and_no_temp(tmp_path, fsync):
+    """Chunks are decoded and written at their offsets in parallel: a bad one in the middle still
+    leaves nothing under the final name, and no temp file behind (with or without --fsync)."""
+    from weightvault.errors import ChunkCorruptError
+    from weightvault.vault import Vault
+
+    v = Vault.init(tmp_path / "s")
+    v.store.config["chunk_size"] = 64 * 1024
+    big = np.random.default_rng(1).standard_normal(200_000).astype(np.float32)  # 13 chunks
+    write_model(tmp_path / "m", {"big": big})
+    r = v.snapshot(tmp_path / "m", "big")
+    v.restore("big@1", tmp_path / "ok", fsync=fsync)
+    assert (tmp_path / "ok" / "model.safetensors").read_bytes() == (tmp_path / "m" / "model.safetensors").read_bytes()
+    chunks = r.manifest.file("model.safetensors").chunks
+    cid = chunks[len(chunks) // 2][0]
+    path = v.store.root / v.store.chunk_key(cid)
+    blob = bytearray(path.read_bytes())
+    blob[-50] ^= 1
+    path.chmod(0o644)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ChunkCorruptError) as e:
+        v.restore("big@1", tmp_path / "bad", fsync=fsync)
+    assert cid in str(e.value)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+    assert not [p for p in (tmp_path / "bad").iterdir() if p.name.endswith(".tmp")]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
+from weightvault.archive._lazy import numpy as np
 
 DISTILL_FORMAT = "weightvault.distill/1"
 
