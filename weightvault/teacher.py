@@ -136,14 +136,20 @@ def load_teacher(ref, device: str = "auto", dtype=None, vault=None) -> Teacher:
     target = pick_dtype(device, dtype)
     if manifest.file("config.json") is None:
         raise NotATransformersModelError(name, "it has no config.json")
-    with tempfile.TemporaryDirectory(prefix="wv-teacher-") as tmp:
-        write_aux_files(vault, resolved, manifest, Path(tmp))
-        config = _load_config(transformers, Path(tmp), name)
-        cls, kind = model_class(transformers, config, Path(tmp), name)
-        tokenizer = _load_tokenizer(transformers, Path(tmp))
-        pooling = read_pooling(Path(tmp)) if kind == ENCODER else {}
-    model = build_empty(torch, cls, config)
-    load_weights(torch, vault.store, manifest, model, device, target, name)
+    files = weight_files(manifest)
+    if not files:
+        raise NotATransformersModelError(name, "it has no safetensors weights")
+    # Weights decode on a pool (zstd, the C transforms and hashing release the GIL) while this
+    # thread reads the config and tokenizer and builds the empty model.
+    with WeightDecoder(torch, vault.store, files) as weights:
+        with tempfile.TemporaryDirectory(prefix="wv-teacher-") as tmp:
+            write_aux_files(vault, resolved, manifest, Path(tmp))
+            config = _load_config(transformers, Path(tmp), name)
+            cls, kind = model_class(transformers, config, Path(tmp), name)
+            tokenizer = _load_tokenizer(transformers, Path(tmp))
+            pooling = read_pooling(Path(tmp)) if kind == ENCODER else {}
+        model = build_empty(torch, cls, config)
+        load_weights(torch, weights, model, device, target, name)
     model.to(device)  # buffers (position ids, rotary tables) were built on the CPU
     model.eval()
     model.requires_grad_(False)
@@ -334,49 +340,65 @@ def _empty_stored(torch, f, t):
     return raw, raw.view(getattr(torch, dt)).reshape(t.shape)
 
 
-def load_weights(torch, store, manifest, model, device: str, dtype, name: str) -> None:
-    """Decode every stored tensor straight into its CPU buffer, then install it in ``model``.
+class WeightDecoder:
+    """Decodes every stored tensor of ``files`` straight into its own CPU buffer, on a thread pool.
 
-    Every chunk of every tensor is one task on a thread pool that decodes it
-    into its place in the tensor's buffer (no intermediate copy) and checks its
-    hash there; tensors are converted and installed in checkpoint order as
-    their chunks complete. Peak memory: the stored tensors once, plus a
-    chunk's temporaries per thread.
+    Every chunk is one task that decodes into its place in the tensor's buffer
+    (no intermediate copy) and checks its hash there. Decoding starts on
+    entering and runs while the caller does other work; :meth:`tensor` waits for
+    one tensor. Leaving the block cancels what is left and waits for the rest,
+    so no task writes into a buffer after it. Peak memory: the stored tensors
+    once, plus a chunk's temporaries per thread.
     """
-    files = weight_files(manifest)
-    if not files:
-        raise NotATransformersModelError(name, "it has no safetensors weights")
+
+    def __init__(self, torch, store, files):
+        self.torch, self.store, self.files = torch, store, files
+        self.jobs: dict[tuple[str, str], tuple] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> WeightDecoder:
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wv-teacher")
+        try:
+            for f in self.files:
+                for t in f.tensors:
+                    raw, typed = _empty_stored(self.torch, f, t)
+                    view, off, futs = memoryview(raw.numpy()), 0, []
+                    for cid, n in f.tensor_chunks(t):
+                        futs.append(self.pool.submit(self.store.read_chunk_into, cid, view[off: off + n]))
+                        off += n
+                    self.jobs[(f.path, t.name)] = (typed, futs)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def tensor(self, f, t):
+        """The decoded tensor (typed, shaped), once all its chunks are verified."""
+        typed, futs = self.jobs[(f.path, t.name)]
+        for fut in futs:
+            fut.result()
+        return typed
+
+    def __exit__(self, *exc) -> None:
+        for _, futs in self.jobs.values():
+            for fut in futs:
+                fut.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def load_weights(torch, weights: WeightDecoder, model, device: str, dtype, name: str) -> None:
+    """Install every decoded tensor in ``model``'s parameters (and persistent buffers), in checkpoint order."""
     slots = _param_slots(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
-    plan = []
-    for f in files:
+    loaded: set[int] = set()
+    for f in weights.files:
         for t in f.tensors:
             key = _match(slots, t.name, prefix)
             if key is None:
                 log.debug("%s: stored tensor %s has no place in %s", name, t.name, type(model).__name__)
                 continue
-            plan.append((f, t, key))
-    loaded: set[int] = set()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wv-teacher") as pool:
-        jobs = []
-        for f, t, key in plan:
-            raw, typed = _empty_stored(torch, f, t)
-            view, off, futs = memoryview(raw.numpy()), 0, []
-            for cid, n in f.tensor_chunks(t):
-                futs.append(pool.submit(store.read_chunk_into, cid, view[off: off + n]))
-                off += n
-            jobs.append((t, key, typed, futs))
-        try:
-            for t, key, typed, futs in jobs:
-                for fut in futs:
-                    fut.result()
-                _install(torch, slots[key], typed, device, dtype, t.name)
-                loaded.add(id(slots[key]))
-        except BaseException:
-            for _, _, _, futs in jobs:
-                for fut in futs:
-                    fut.cancel()
-            raise
+            _install(torch, slots[key], weights.tensor(f, t), device, dtype, t.name)
+            loaded.add(id(slots[key]))
     _finish_missing(torch, model, slots, loaded, device, dtype, name)
 
 
