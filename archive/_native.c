@@ -31,6 +31,21 @@ static PyObject *new_bytes(Py_ssize_t n, char **data) {
     return o;
 }
 
+/* The output of a join: the writable buffer dest when given (returns True,
+ * *have_dest set so the caller releases db), else a new bytes object. */
+static PyObject *join_output(PyObject *dest, Py_buffer *db, int *have_dest, Py_ssize_t len, char **od) {
+    if (dest == Py_None) return new_bytes(len, od);
+    if (PyObject_GetBuffer(dest, db, PyBUF_WRITABLE) < 0) return NULL;
+    *have_dest = 1;
+    if (db->len != len) {
+        PyErr_SetString(PyExc_ValueError, "destination length differs from the decoded length");
+        return NULL;
+    }
+    *od = db->buf;
+    Py_INCREF(Py_True);
+    return Py_True;
+}
+
 /* ---- fsplit ------------------------------------------------------------ */
 
 /* The window top T: argmax over t of counts[t-14..t] (first maximum), counting
@@ -269,18 +284,9 @@ static PyObject *fsplit_join(PyObject *self, PyObject *args) {
     if (nb.len != (n + 1) / 2) { PyErr_SetString(PyExc_ValueError, "fsplit nibble stream length"); goto done; }
     for (int k = 0; k < s - 2; k++)
         if (pb[k].len != n) { PyErr_SetString(PyExc_ValueError, "fsplit plane length"); goto done; }
-    char *od;
-    if (dest != Py_None) {
-        if (PyObject_GetBuffer(dest, &db, PyBUF_WRITABLE) < 0) goto done;
-        have_dest = 1;
-        if (db.len != n * s) { PyErr_SetString(PyExc_ValueError, "fsplit destination length"); goto done; }
-        od = db.buf;
-        out = Py_True;
-        Py_INCREF(out);
-    } else {
-        out = new_bytes(n * s, &od);
-        if (!out) goto done;
-    }
+    char *od = NULL;
+    out = join_output(dest, &db, &have_dest, n * s, &od);
+    if (!out) goto done;
     const uint8_t *J = jb.buf, *N = nb.buf, *X = xb.buf;
     Py_ssize_t nx = xb.len;
     int bad = 0;
@@ -403,18 +409,9 @@ static PyObject *planes_join(PyObject *self, PyObject *args) {
         have_base = 1;
         if (bb.len != n * s) { PyErr_SetString(PyExc_ValueError, "base length differs"); goto done; }
     }
-    char *od;
-    if (dest != Py_None) {
-        if (PyObject_GetBuffer(dest, &db, PyBUF_WRITABLE) < 0) goto done;
-        have_dest = 1;
-        if (db.len != n * s) { PyErr_SetString(PyExc_ValueError, "planes destination length"); goto done; }
-        od = db.buf;
-        out = Py_True;
-        Py_INCREF(out);
-    } else {
-        out = new_bytes(n * s, &od);
-        if (!out) goto done;
-    }
+    char *od = NULL;
+    out = join_output(dest, &db, &have_dest, n * s, &od);
+    if (!out) goto done;
     const uint8_t *pl[8];
     for (int k = 0; k < s; k++) pl[k] = pb[k].buf;
     Py_BEGIN_ALLOW_THREADS

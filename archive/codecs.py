@@ -357,15 +357,25 @@ def decode_chunk(container: bytes, chunk_id: str, get_raw=None, *, expected_len:
     h = parse_container(container, chunk_id)
     if expected_len is not None and h.raw_len != expected_len:
         raise ChunkCorruptError(chunk_id, f"container raw_len {h.raw_len} != recorded {expected_len}")
+    raw = _decode_with(h, container, chunk_id, get_raw)
+    _verify(raw, chunk_id)
+    return raw
+
+
+def _decode_with(h: "ChunkHeader", container, chunk_id: str, get_raw) -> bytes:
+    """Run the header's codec; the result has the recorded length (not yet hash-checked)."""
     decoder = DECODERS.get(h.codec)
     if decoder is None:
         raise ChunkCorruptError(chunk_id, f"unknown codec {h.codec!r}", hint="upgrade weightvault")
     raw = decoder(h, container, chunk_id, get_raw)
     if len(raw) != h.raw_len:
         raise ChunkCorruptError(chunk_id, f"decoded {len(raw)} bytes, expected {h.raw_len}")
+    return raw
+
+
+def _verify(raw, chunk_id: str) -> None:
     if ids.content_id(raw) != chunk_id:
         raise ChunkCorruptError(chunk_id, "content hash does not match its ID (bit rot or tampering)")
-    return raw
 
 
 # codec name -> decoder(header, container, chunk_id, get_raw, dest) that writes
@@ -389,15 +399,8 @@ def decode_chunk_into(container: bytes, chunk_id: str, dest, get_raw=None) -> No
         raise ChunkCorruptError(chunk_id, f"container raw_len {h.raw_len} != recorded {len(dest)}")
     into = DECODERS_INTO.get(h.codec)
     if into is None or not into(h, container, chunk_id, get_raw, dest):
-        decoder = DECODERS.get(h.codec)
-        if decoder is None:
-            raise ChunkCorruptError(chunk_id, f"unknown codec {h.codec!r}", hint="upgrade weightvault")
-        raw = decoder(h, container, chunk_id, get_raw)
-        if len(raw) != h.raw_len:
-            raise ChunkCorruptError(chunk_id, f"decoded {len(raw)} bytes, expected {h.raw_len}")
-        dest[:] = raw
-    if ids.content_id(dest) != chunk_id:
-        raise ChunkCorruptError(chunk_id, "content hash does not match its ID (bit rot or tampering)")
+        dest[:] = _decode_with(h, container, chunk_id, get_raw)
+    _verify(dest, chunk_id)
 
 
 # Codecs living in their own modules register their decoders on import.
