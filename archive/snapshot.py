@@ -248,17 +248,22 @@ class ChunkWriter:
                 raise InvalidInputError(f"{src.rel} changed size while being read", hint="rerun once it is stable")
             view = memoryview(mm)
             results, window = [], deque()
-            for seg in segs:
-                window.append(pool.submit(self._one, view[seg.start : seg.end], seg, src.rel))
-                if len(window) >= 2 * self.workers:
-                    results.append(window.popleft().result())
-                    if progress:
-                        progress(results[-1][1])
-                sha.update(view[seg.start : seg.end])
-            while window:
-                results.append(window.popleft().result())
+            done = _Unmapper(mm)
+
+            def collect():
+                seg, fut = window.popleft()
+                results.append(fut.result())
+                done.upto(seg.end)  # hashed and stored: its pages may leave this process
                 if progress:
                     progress(results[-1][1])
+
+            for seg in segs:
+                window.append((seg, pool.submit(self._one, view[seg.start : seg.end], seg, src.rel)))
+                sha.update(view[seg.start : seg.end])
+                if len(window) >= 2 * self.workers:
+                    collect()
+            while window:
+                collect()
             del view
         finally:
             try:
@@ -266,6 +271,32 @@ class ChunkWriter:
             except BufferError:  # a view outlived us on an error path; the GC will close it
                 pass
         return results, sha.hexdigest()
+
+
+class _Unmapper:
+    """Drops the pages of a read-only file mapping behind the snapshot's progress.
+
+    Mapped file pages count in the process's RSS until unmapped: without this a
+    4.3 GB model peaked at 4.2 GB RSS. ``MADV_DONTNEED`` on a shared read-only
+    file mapping only unmaps; the data stays in the page cache.
+    """
+
+    STEP = 64 << 20  # release in 64 MiB strides
+
+    def __init__(self, mm: mmap.mmap):
+        self.mm = mm
+        self.released = 0
+        self.ok = hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+
+    def upto(self, end: int) -> None:
+        end -= end % mmap.PAGESIZE
+        if not self.ok or end - self.released < self.STEP:
+            return
+        try:
+            self.mm.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
+            self.released = end
+        except OSError:
+            self.ok = False
 
 
 def next_version(store: Store, model: str) -> str:
