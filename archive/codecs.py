@@ -145,18 +145,8 @@ def _encode_planes(raw, itemsize: int, level: int) -> tuple[dict[str, bytes], li
     if native is not None and itemsize in (1, 2, 4, 8):
         planes = native.planes_split(raw, None, itemsize, NONE)
     else:
-        planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T  # view; a row per byte position
-    streams, kinds = {}, []
-    for k in range(itemsize):
-        plane = np.frombuffer(planes[k], dtype=np.uint8) if isinstance(planes[k], bytes) \
-            else np.ascontiguousarray(planes[k])
-        z = zstd_compress(plane, level)
-        if len(z) < plane.nbytes:
-            streams[f"p{k}"], kind = z, "zstd"
-        else:
-            streams[f"p{k}"], kind = plane.tobytes(), "raw"
-        kinds.append(kind)
-    return streams, kinds
+        planes = [np.ascontiguousarray(row) for row in np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T]
+    return compress_streams({f"p{k}": p for k, p in enumerate(planes)}, level)
 
 
 def encode_chunk(raw, chunk_id: str, *, dtype: str | None = None, level: int | None = None) -> EncodedChunk:

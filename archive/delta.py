@@ -197,6 +197,8 @@ def chain_depth(h: codecs.ChunkHeader) -> int:
 
 
 def _decode(h, container, chunk_id, get_raw, dest=None):
+    if dest is not None and native is None:
+        return False  # decode_chunk_into copies what the numpy path returns
     base_id = h.base
     try:
         itemsize = int(h.meta["itemsize"])
@@ -219,8 +221,6 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
         if dest is not None:
             return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB, dest)
         return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB)
-    if dest is not None:
-        return False
     pb = np.empty((n, itemsize), dtype=np.uint8)
     for k in range(itemsize):
         pb[:, k] = np.frombuffer(streams[f"p{k}"], dtype=np.uint8)
