@@ -44,6 +44,11 @@ class RestoreResult:
 
 def iter_chunks(store: Store, chunks, *, workers: int | None = None, pool=None) -> Iterator[bytes]:
     """Yield the raw bytes of ``(chunk_id, length)`` pairs in order, decoding ahead in parallel."""
+    chunks = chunks if isinstance(chunks, (list, tuple)) else list(chunks)
+    if pool is None and len(chunks) <= 1:  # small files (configs, tokenizers): no threads to start
+        for cid, n in chunks:
+            yield store.read_chunk(cid, n)
+        return
     own = pool is None
     workers = workers or os.cpu_count() or 2
     pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wv-read")
