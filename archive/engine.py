@@ -70,6 +70,7 @@ class Encoder:
         self.parent = tensor_index(store.get_manifest(parent_id), parent_id) if parent_id else {}
         self._cast_sources: list[dict[str, TensorPieces]] | None = None
         self._depths: dict[str, int] = {}
+        self._exact_source: str | None = None
         self._lock = threading.Lock()
         self.derivations: dict[str, dict] = {}
 
@@ -100,37 +101,43 @@ class Encoder:
         base_id, base_len = tp.chunks[seg.piece]
         if base_len != len(raw) or base_id == chunk_id:
             return None
-        depth = self._depth(base_id)
-        if depth is None or depth + 1 > self.max_chain:
-            return None
-        base = self._base(base_id)
+        base, depth = self._base(base_id)
         if base is None:
             return None
         order = (delta.XOR, delta.SUB) if itemsize == 2 else (delta.SUB, delta.XOR)
         return delta.encode(raw, chunk_id, base, base_id, itemsize=itemsize, base_depth=depth, codecs_to_try=order)
 
     def _try_cast(self, raw, chunk_id, seg):
-        best = None
-        for source in self._cast_candidates(seg):
-            if seg.piece >= len(source.chunks):
-                continue
+        """The smallest cast of this piece from an archived fp32 tensor, and the version it is from.
+
+        Sources are tried in the order of :meth:`_cast_candidates`, but the version the last exact
+        cast came from goes first: a bf16 copy is usually the cast of one version throughout, and
+        not always of the parent (measured: a bf16 cast of v1 archived after a partial fine-tune
+        v3 tried v3, v2, then v1 for each changed piece; 1.5x the snapshot time). A base chunk
+        shared by several versions is tried once and credited to the first of them in the
+        canonical order, so the recorded source does not depend on which was tried first.
+        """
+        sources = [tp for tp in self._cast_candidates(seg) if seg.piece < len(tp.chunks)]
+        preferred = self._exact_source
+        best, tried = None, set()
+        for source in sorted(sources, key=lambda tp: tp.manifest_id != preferred):  # stable
             base_id, base_len = source.chunks[seg.piece]
-            if base_len != 2 * len(raw):
+            if base_len != 2 * len(raw) or base_id in tried:
                 continue
-            depth = self._depth(base_id)
-            if depth is None or depth + 1 > self.max_chain:
-                continue
-            base = self._base(base_id)
+            tried.add(base_id)
+            base, depth = self._base(base_id)
             if base is None:
                 continue
             enc = cast.encode(raw, chunk_id, seg.dtype, base, base_id, base_depth=depth)
             if enc is not None and (best is None or len(enc.container) < len(best[0].container)):
-                best = (enc, source.manifest_id)
+                best = (enc, next(tp.manifest_id for tp in sources if tp.chunks[seg.piece][0] == base_id))
                 if codecs.parse_container(enc.container, chunk_id).meta.get("exact") == "1":
+                    self._exact_source = source.manifest_id
                     break
         return best or (None, None)
 
     def _cast_candidates(self, seg):
+        """fp32 sources of the same tensor: the parent, then the model's other versions newest first."""
         shape = tuple(seg.shape)
         tp = self.parent.get(seg.tensor)
         if tp is not None and tp.dtype == cast.SOURCE_DTYPE and tp.shape == shape:
@@ -153,21 +160,26 @@ class Encoder:
 
     # -- bases ---------------------------------------------------------------
 
-    def _depth(self, base_id: str) -> int | None:
-        d = self._depths.get(base_id)
-        if d is None:
-            try:
-                h, _ = self.store.chunk_header(base_id)
-            except IntegrityError:
-                return None  # a damaged or missing base is never built on
-            d = self._depths[base_id] = delta.chain_depth(h)
-        return d
-
-    def _base(self, base_id: str) -> bytes | None:
+    def _base(self, base_id: str) -> tuple[bytes | None, int]:
+        """(raw bytes, chain depth) of a candidate base; raw is None when the base is damaged,
+        missing or already ``max_chain`` hops from a full chunk. One read gives both."""
+        depth = self._depths.get(base_id)
+        if depth is not None and depth + 1 > self.max_chain:
+            return None, depth
+        raw = delta.BASES.get(base_id)
+        if raw is not None and depth is not None:
+            return raw, depth
         try:
-            return delta.fetch_base(self.store.read_chunk, base_id, base_id)
+            container = self.store.get_container(base_id)
+            depth = self._depths[base_id] = delta.chain_depth(codecs.parse_container(container, base_id))
+            if depth + 1 > self.max_chain:
+                return None, depth
+            if raw is None:
+                raw = codecs.decode_chunk(container, base_id, self.store.read_chunk)
+                delta.BASES.put(base_id, raw)
         except IntegrityError:
-            return None
+            return None, -1  # a damaged or missing base is never built on
+        return raw, depth
 
     def _note_cast(self, seg, enc, chunk_id: str, source_id: str) -> None:
         meta = codecs.parse_container(enc.container, chunk_id).meta

@@ -201,6 +201,42 @@ def test_bf16_cast_is_stored_as_recipe_and_recorded(vault, tmp_path):
     assert vault.sql(q)[1] == rows
 
 
+def test_cast_of_an_older_version_is_found_once_and_credited_canonically(vault, tmp_path, monkeypatch):
+    """v3 = bf16 cast of v1, archived after v2 changed some tensors (its default parent).
+
+    Every piece is an exact cast. Unchanged tensors are credited to the parent v2 (it shares
+    v1's chunks); changed ones to v1. Once v1 gave an exact cast it is tried first, so only
+    the first changed piece reads v2's chunk in vain (one worker: a deterministic order)."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    vault.store.config["chunk_size"] = 64 << 10  # 16k-element pieces: each changed tensor has four
+    t = toy_tensors(seed=12, width=256)
+    write_model(tmp_path / "v1", t)
+    vault.snapshot(tmp_path / "v1", "toy")
+    changed = {"encoder.layer.0.weight", "encoder.layer.1.weight"}
+    t2 = {k: (v + np.float32(1e-3) if k in changed else v) for k, v in t.items()}
+    write_model(tmp_path / "v2", t2)
+    vault.snapshot(tmp_path / "v2", "toy")
+    write_model(tmp_path / "bf16", t)
+    bf = {k: (torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v))
+          for k, v in t.items()}
+    save_file(bf, str(tmp_path / "bf16" / "model.safetensors"))
+    reads = []
+    real_base = engine.Encoder._base
+    monkeypatch.setattr(engine.Encoder, "_base", lambda self, bid: reads.append(bid) or real_base(self, bid))
+    r3 = vault.snapshot(tmp_path / "bf16", "toy", workers=1)
+    f = r3.manifest.file("model.safetensors")
+    bf16_pieces = [c for tt in f.tensors if tt.dtype == "BF16" for c, _ in f.tensor_chunks(tt)]
+    assert {r3.stats.new_chunk_info[c][2] for c in bf16_pieces} == {"cast"}
+    assert len(set(reads)) == len(reads) == len(bf16_pieces) + 1  # the old order: + 8
+    rows = dict(vault.sql("SELECT tensor, source_version FROM tensor_derivations")[1])
+    assert {k for k, v in rows.items() if v == "1"} == changed
+    assert set(rows.values()) == {"1", "2"}
+    vault.restore("toy@3", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "bf16")
+
+
 def test_cast_recipes_match_torch():
     torch = pytest.importorskip("torch")
     w = np.concatenate([weights(10, 10000), np.array([np.inf, -np.inf, 0, -0.0, 3.4e38, 1e-40], np.float32)])
