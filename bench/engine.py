@@ -14,7 +14,8 @@ Every tool runs as the separate processes a user would run (one per version,
 or per file for per-file tools), timed with wall clocks, peak
 RSS polled from /proc, on a warm page cache. Peers that are not installed are reported as
 "not available": zstd (apt zstd), borg (apt borgbackup), restic (apt restic),
-zipnn and lmz (pip zipnn lmzip).
+zipnn and lmz (pip zipnn lmzip). zipnn runs per file and in its XOR delta mode
+(against the parent version's same-path file); lmz per version and in append mode.
 """
 
 from __future__ import annotations
@@ -217,17 +218,29 @@ class Zstd(PerFile):
 
 ZIPNN_SCRIPT = r"""
 import sys, zipnn
-mode, src, dst, dtype = sys.argv[1:5]
-z = zipnn.ZipNN(method="zstd", input_format="byte", bytearray_dtype=dtype, threads=2)
-data = open(src, "rb").read()
-open(dst, "wb").write(z.compress(data) if mode == "c" else bytes(z.decompress(data)))
+mode, src, dst, dtype, base = sys.argv[1:6]
+delta = base != "-"
+z = zipnn.ZipNN(method="zstd", input_format="byte", bytearray_dtype=dtype, threads=2,
+                **({"delta_compressed_type": "byte"} if delta else {}))
+data = bytearray(open(src, "rb").read())  # a copy: zipnn 0.5.4 writes into the buffer it compresses
+second = {"delta_second_data": bytearray(open(base, "rb").read())} if delta else {}
+open(dst, "wb").write(z.compress(data, **second) if mode == "c" else bytes(z.decompress(bytes(data), **second)))
 """
 
 
 class ZipNN(PerFile):
+    """zipnn per file. zipnn 0.5.4 corrupts its heap on some small files (three of MiniLM's JSON
+    files, 40 KB in all: glibc aborts); those are stored with zstd -3 instead and listed."""
+
     name = "zipnn"
     note = "zipnn 0.5 byte mode per file (float32 / bfloat16 planes), 2 threads"
     suffix = ".znn"
+
+    def __init__(self, work):
+        super().__init__(work)
+        self.dtypes: dict[str, str] = {}
+        self.bases: dict[str, str] = {}
+        self.fallbacks: set[str] = set()
 
     def available(self):
         try:
@@ -240,24 +253,68 @@ class ZipNN(PerFile):
         return run([PY, "-c", "import zipnn"])
 
     def _dtype(self, p: Path) -> str:
-        if p.suffix != ".safetensors" and not p.name.endswith(".safetensors.znn"):
+        if p.suffix != ".safetensors":
             return "float32"
-        n = int.from_bytes(open(p, "rb").read(8), "little") if p.suffix == ".safetensors" else 0
-        head = open(p, "rb").read(8 + n).decode(errors="ignore") if n else ""
+        n = int.from_bytes(open(p, "rb").read(8), "little")
+        head = open(p, "rb").read(8 + n).decode(errors="ignore")
         return "bfloat16" if '"BF16"' in head else "float32"
 
+    def base_of(self, p: Path, v, versions) -> Path | None:
+        """The file a delta is taken against (None: plain compression)."""
+        return None
+
     def ingest(self, v, versions):
-        self.dtypes = getattr(self, "dtypes", {})
         total = Run()
         for p in files_of(v.path):
-            dst = self.dir / v.label / (p.relative_to(v.path).as_posix() + self.suffix)
+            rel = p.relative_to(v.path).as_posix()
+            dst = self.dir / v.label / (rel + self.suffix)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            self.dtypes[str(dst)] = self._dtype(p)
-            total.add(run([PY, "-c", ZIPNN_SCRIPT, "c", str(p), str(dst), self.dtypes[str(dst)]]))
+            base = self.base_of(p, v, versions)
+            self.dtypes[str(dst)], self.bases[str(dst)] = self._dtype(p), str(base or "-")
+            try:
+                total.add(run([PY, "-c", ZIPNN_SCRIPT, "c", str(p), str(dst), self.dtypes[str(dst)],
+                               self.bases[str(dst)]]))
+            except RuntimeError as e:
+                if "exited -" not in str(e):  # killed by a signal (the abort), not a Python error
+                    raise
+                dst.unlink(missing_ok=True)
+                self.fallbacks.add(f"{rel} ({p.stat().st_size} B)")
+                zst = dst.with_name(dst.name[: -len(self.suffix)] + ".zst")
+                total.add(run(["zstd", "-q", "-3", "-f", str(p), "-o", str(zst)]))
         return total
 
-    def decompress_cmd(self, p, dst):
-        return [PY, "-c", ZIPNN_SCRIPT, "d", str(p), str(dst), self.dtypes[str(p)]]
+    def restore(self, v, out):
+        total = Run()
+        for p in files_of(self.dir / v.label):
+            rel = p.relative_to(self.dir / v.label).as_posix()
+            dst = out / rel[: -len(p.suffix)]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if p.suffix == ".zst":
+                total.add(run(["zstd", "-q", "-d", "-f", str(p), "-o", str(dst)]))
+            else:
+                total.add(run([PY, "-c", ZIPNN_SCRIPT, "d", str(p), str(dst), self.dtypes[str(p)],
+                               self.bases[str(p)]]))
+        return total
+
+    def extra_note(self) -> str:
+        if not self.fallbacks:
+            return ""
+        return "zipnn aborted (glibc heap corruption) on: " + ", ".join(sorted(self.fallbacks)) + "; stored with zstd -3"
+
+
+class ZipNNDelta(ZipNN):
+    """zipnn's delta mode: each file XORed with the parent version's same-path file of equal size."""
+
+    name = "zipnn-delta"
+    note = ("zipnn 0.5 delta_compressed_type=byte against the parent's same-path file of equal size "
+            "(restore reads the parent's original file: rebuilding the parent is not counted)")
+
+    def base_of(self, p, v, versions):
+        if not v.parent:
+            return None
+        parent = next(x for x in versions if x.label == v.parent)
+        q = parent.path / p.relative_to(v.path)
+        return q if q.is_file() and q.stat().st_size == p.stat().st_size else None
 
 
 class Lmz(Tool):
@@ -439,6 +496,9 @@ def measure(tool: Tool, versions, work: Path, log) -> Result:
         res.restore_procs += tool.procs_per_version(v)
         res.exact &= tree_digest(out) == v.digest
         shutil.rmtree(out, ignore_errors=True)
+    extra = getattr(tool, "extra_note", lambda: "")()
+    if extra:
+        res.note = f"{res.note}; {extra}"
     return res
 
 
@@ -536,13 +596,13 @@ def entropy_report(series) -> str:
     return "\n".join(out)
 
 
-TOOLS = ["weightvault", "zstd-3", "zstd-19", "zipnn", "lmz", "lmz-append", "borg", "restic", "whole-file dedup"]
+TOOLS = ["weightvault", "zstd-3", "zstd-19", "zipnn", "zipnn-delta", "lmz", "lmz-append", "borg", "restic", "whole-file dedup"]
 
 
 def make_tool(name: str, work: Path) -> Tool:
     return {
         "weightvault": lambda: Weightvault(work), "zstd-3": lambda: Zstd(work, 3), "zstd-19": lambda: Zstd(work, 19),
-        "zipnn": lambda: ZipNN(work), "lmz": lambda: Lmz(work), "lmz-append": lambda: LmzAppend(work),
+        "zipnn": lambda: ZipNN(work), "zipnn-delta": lambda: ZipNNDelta(work), "lmz": lambda: Lmz(work), "lmz-append": lambda: LmzAppend(work),
         "borg": lambda: Borg(work), "restic": lambda: Restic(work), "whole-file dedup": lambda: WholeFile(work),
     }[name]()
 
