@@ -5,8 +5,8 @@ tokens/s vs plain transformers generate on the same model and batches.
 
 Models: the real all-MiniLM-L6-v2 (encoder, 91 MB fp32) and a GPT-2 built from a config here
 (default 4 layers x 256 wide, MiniLM's 30k vocabulary, ~11M parameters, random weights: no Hub access), saved
-as a sharded safetensors folder. Load times are the median of --repeat warm loads in one process
-(imports excluded for both); peak RSS added by the load (model code imported first, peak reset via
+as a sharded safetensors folder. Load times are the median of --repeat warm loads in one process,
+the two loaders alternating (imports excluded for both); peak RSS added by the load (model code imported first, peak reset via
 /proc/self/clear_refs) is measured in a fresh child process per loader; from_pretrained's figure
 includes the mmap'd safetensors pages it touches. Throughput:
 the same prompts, batch size, max_new_tokens and greedy GenerationConfig for both; the weightvault
@@ -101,8 +101,11 @@ def bench_load(vault, name: str, folder: Path, kind: str, device: str, repeat: i
         load_teacher(f"{name}@1", device=device, dtype=dtype, vault=vault)
 
     from_folder(), from_store()  # warm imports and the page cache for both
-    t_folder = median_time(from_folder, repeat)
-    t_store = median_time(from_store, repeat)
+    folder_times, store_times = [], []
+    for _ in range(repeat):  # interleaved, so drift in machine load hits both alike
+        folder_times.append(median_time(from_folder, 1))
+        store_times.append(median_time(from_store, 1))
+    t_folder, t_store = statistics.median(folder_times), statistics.median(store_times)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     row = {"model": name, "from_pretrained_s": t_folder, "load_teacher_s": t_store, "ratio": t_store / t_folder}
