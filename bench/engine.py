@@ -255,8 +255,8 @@ class ZipNN(PerFile):
     def _dtype(self, p: Path) -> str:
         if p.suffix != ".safetensors":
             return "float32"
-        n = int.from_bytes(open(p, "rb").read(8), "little")
-        head = open(p, "rb").read(8 + n).decode(errors="ignore")
+        with open(p, "rb") as f:
+            head = f.read(int.from_bytes(f.read(8), "little")).decode(errors="ignore")
         return "bfloat16" if '"BF16"' in head else "float32"
 
     def base_of(self, p: Path, v, versions) -> Path | None:
