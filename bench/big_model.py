@@ -6,7 +6,8 @@ Writes a safetensors model of ``--gb`` GB (16 fp32 tensors of N(0, 0.05) values,
 this script itself stays small), then measures, each in a fresh process, `weightvault snapshot` and
 `weightvault restore` (whole-process wall time and peak RSS, VmHWM) next to `zstd -3 -T0` compressing
 and decompressing the same file. The restore is compared byte for byte with the source. Target: peak
-RSS under 400 MB whatever the model size.
+RSS under 400 MB whatever the model size. Without --work everything goes to a temporary folder that is
+removed at the end; with it the model file stays for the next run.
 """
 
 from __future__ import annotations
@@ -73,12 +74,21 @@ def main(argv=None) -> int:
     ap.add_argument("--gb", type=float, default=4.0)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="wv-big-"))
+    if args.work is not None:  # kept: a rerun reuses the model file
+        return measure(args.work, args.gb)
+    work = Path(tempfile.mkdtemp(prefix="wv-big-"))
+    try:
+        return measure(work, args.gb)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the model and its store: several GB
+
+
+def measure(work: Path, gb: float) -> int:
     src = work / "model"
     path = src / "model.safetensors"
-    if not path.exists() or abs(path.stat().st_size - args.gb * 1e9) > 0.05 * args.gb * 1e9:
+    if not path.exists() or abs(path.stat().st_size - gb * 1e9) > 0.05 * gb * 1e9:
         shutil.rmtree(src, ignore_errors=True)
-        write_model(src, int(args.gb * 1e9))
+        write_model(src, int(gb * 1e9))
     size = path.stat().st_size
     with open(path, "rb") as f:  # warm the page cache for both tools alike
         while f.read(64 << 20):
