@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class LocalBackend(Backend):
         self._made_dirs: set[Path] = set()
         self._plock = threading.Lock()
         self._pending: dict[str, Future] = {}
+        self._inflight: deque[Future] = deque()  # oldest first, for backpressure
         self._dirty_dirs: set[Path] = set()
         self._lost: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -177,11 +179,14 @@ class LocalBackend(Backend):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(SETTLE_THREADS, thread_name_prefix="wv-settle")
                 atexit.register(_flush_at_exit, weakref.ref(self))
-            self._pending[key] = self._pool.submit(self._settle, key, tmp, final)
-            backlog = [f for f in self._pending.values() if not f.done()]
-        for f in backlog[: max(0, len(backlog) - MAX_PENDING)]:
-            f.exception()  # wait; errors surface at flush
-        return True
+            fut = self._pending[key] = self._pool.submit(self._settle, key, tmp, final)
+            self._inflight.append(fut)
+        while True:  # backpressure: at most MAX_PENDING settles in flight
+            with self._plock:
+                if not self._inflight or not (self._inflight[0].done() or len(self._inflight) > MAX_PENDING):
+                    return True
+                oldest = self._inflight.popleft()
+            oldest.exception()  # wait; errors surface at flush
 
     def _settle(self, key: str, tmp: Path, final: Path) -> None:
         """fsync a written temp file, then give it its final name (a write-behind put)."""
@@ -215,6 +220,7 @@ class LocalBackend(Backend):
         """
         with self._plock:
             pending, self._pending = self._pending, {}
+            self._inflight.clear()
         err = None
         for f in pending.values():
             e = f.exception()

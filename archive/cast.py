@@ -34,9 +34,7 @@ SOURCE_DTYPE = "F32"
 
 def apply(recipe: str, base: bytes) -> np.ndarray:
     """Cast fp32 bytes with ``recipe``; returns the uint16 bit patterns (one C pass when built)."""
-    if native is not None and recipe in ("bf16-rne", "bf16-trunc"):
-        return np.frombuffer(native.cast_bf16(base, recipe == "bf16-rne"), dtype="<u2")
-    return apply_numpy(recipe, base)
+    return np.frombuffer(_cast_bytes(recipe, base), dtype="<u2")
 
 
 def apply_numpy(recipe: str, base: bytes) -> np.ndarray:

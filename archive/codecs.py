@@ -25,6 +25,7 @@ import zstandard
 
 from weightvault.archive import ids
 from weightvault.archive._lazy import numpy as np
+from weightvault.archive.native import NONE, native
 from weightvault.archive.safetensors_header import (
     DTYPE_BITS,
     FLOAT_DTYPES,
@@ -140,8 +141,6 @@ def _meta(chunk_id: str, raw_len: int, codec: str, **extra) -> dict:
 
 
 def _encode_planes(raw, itemsize: int, level: int) -> tuple[dict[str, bytes], list[str]]:
-    from weightvault.archive.native import NONE, native
-
     if native is not None and itemsize in (1, 2, 4, 8):
         planes = native.planes_split(raw, None, itemsize, NONE)
     else:
@@ -316,8 +315,6 @@ def decode_planes(h: ChunkHeader, container: bytes, chunk_id: str, prefix: str =
         elif kind != "raw" or len(s) != n:
             raise ChunkCorruptError(chunk_id, f"plane {k} has a bad kind or length")
         planes.append(s)
-    from weightvault.archive.native import NONE, native
-
     if native is not None and itemsize in (1, 2, 4, 8):
         return np.frombuffer(native.planes_join(tuple(planes), None, NONE), dtype=np.uint8)
     out = np.empty((n, itemsize), dtype=np.uint8)

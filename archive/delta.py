@@ -218,9 +218,8 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
         raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
     if native is not None:
         planes = tuple(streams[f"p{k}"] for k in range(itemsize))
-        if dest is not None:
-            return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB, dest)
-        return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB)
+        into = () if dest is None else (dest,)
+        return native.planes_join(planes, base, _N_XOR if h.codec == XOR else _N_SUB, *into)
     pb = np.empty((n, itemsize), dtype=np.uint8)
     for k in range(itemsize):
         pb[:, k] = np.frombuffer(streams[f"p{k}"], dtype=np.uint8)

@@ -1,8 +1,8 @@
 """The optional C transforms (archive/_native.c), or None.
 
 The C module computes exactly the bytes of the numpy reference code in
-archive/floatsplit.py and archive/delta.py, in one pass and without the GIL
-(measured on MiniLM fp32, one core: fsplit split 252 -> see bench/engine.py).
+archive/floatsplit.py, archive/delta.py, archive/cast.py and archive/codecs.py,
+in one pass and without the GIL (tests/test_native.py compares them).
 ``WEIGHTVAULT_NO_NATIVE=1`` forces the numpy path (tests compare the two).
 """
 

@@ -23,7 +23,6 @@ Snapshot refuses pickles by default: unpickling runs code. With
 
 from __future__ import annotations
 
-import hashlib
 import pickletools
 import re
 import shutil
@@ -33,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from weightvault.archive.ids import file_sha256
 from weightvault.archive.snapshot import SourceFile, looks_pickled, scan_folder
 from weightvault.errors import InvalidInputError, MissingExtraError, UnsafePickleError
 
@@ -218,11 +218,7 @@ def convert_file(src: SourceFile, out_dir: Path) -> tuple[SourceFile, Conversion
     target = out_dir / out_rel
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target), metadata={"format": "pt", "converted_from": src.rel})
-    sha = hashlib.sha256()
-    with open(src.path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    conv = Conversion(src.rel, src.size, sha.hexdigest(), out_rel, tuple(seen), len(tensors))
+    conv = Conversion(src.rel, src.size, file_sha256(src.path), out_rel, tuple(seen), len(tensors))
     return SourceFile(out_rel, target, target.stat().st_size), conv
 
 
