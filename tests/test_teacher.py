@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,51 @@ def test_sharded_bf16_checkpoint_loads_bit_exact(vault, tmp_path, gpt2_dir):
         assert torch.equal(model.state_dict()[name], p.float()), name
     kept, _ = load_teacher("tiny-bf16", device="cpu", dtype="bfloat16", vault=vault)
     assert all(torch.equal(kept.state_dict()[n], p) for n, p in ref.state_dict().items())
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_weight_decoder_with_the_caller_helping_is_exact_and_names_a_damaged_chunk(vault, tmp_path, gpt2_dir,
+                                                                                  store_dir, workers):
+    from safetensors.torch import load_file
+
+    from weightvault.errors import ChunkCorruptError
+    from weightvault.teacher import WeightDecoder, weight_files
+
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(gpt2_dir))
+    folder = tmp_path / "shards"
+    ref.save_pretrained(str(folder), max_shard_size="20KB")  # many files, many small chunks
+    manifest = vault.snapshot(folder, "sharded").manifest
+    files = weight_files(manifest)
+    stored = {n: t for f in files for n, t in load_file(str(folder / f.path)).items()}
+    main, helped = threading.get_ident(), threading.Event()
+
+    class WorkersWaitForTheCaller:  # the pool starts only once the caller has decoded a chunk itself
+        def read_chunk_into(self, cid, dest):
+            if threading.get_ident() == main:
+                helped.set()
+            else:
+                assert helped.wait(60)
+            vault.store.read_chunk_into(cid, dest)
+
+    with WeightDecoder(torch, WorkersWaitForTheCaller(), files, workers=workers) as weights:
+        assert len(weights.tasks) > 2 * workers
+        for f in reversed(files):
+            for t in f.tensors:
+                got = weights.tensor(f, t)
+                assert got.dtype == stored[t.name].dtype and torch.equal(got, stored[t.name]), t.name
+                assert got.data_ptr() % 64 == 0
+    assert helped.is_set() and any(task[0] is None for task in weights.tasks)
+
+    f, t = files[-1], files[-1].tensors[-1]
+    cid = f.tensor_chunks(t)[-1][0]
+    key = store_dir / "chunks" / cid[:2] / cid
+    data = bytearray(key.read_bytes())
+    data[-1] ^= 0xFF
+    key.chmod(0o644)
+    key.write_bytes(bytes(data))
+    with WeightDecoder(torch, vault.store, files, workers=workers) as weights:
+        with pytest.raises(ChunkCorruptError, match=cid[:16]):
+            weights.tensor(f, t)
 
 
 # -- distill and rerun -------------------------------------------------------------
