@@ -406,6 +406,7 @@ class WeightDecoder:
         self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
         self.jobs: dict[tuple[str, str], tuple] = {}
         self.tasks: list[list] = []  # [future or None once done here, chunk ID, destination view]
+        self._tail = 0  # tasks from here on were taken by the calling thread or a worker
         self.pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> WeightDecoder:
@@ -422,29 +423,39 @@ class WeightDecoder:
                         off += n
                     self.jobs[(f.path, t.name)] = (typed, tasks)
                     self.tasks.extend(tasks)
+            self._tail = len(self.tasks)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def _run_here(self, task) -> None:
-        if task[0] is not None and task[0].cancel():  # no worker took it: decode it on this thread
-            task[0] = None
-            self.store.read_chunk_into(task[1], task[2])
+    def _take(self, task) -> bool:
+        """Decode a still-queued task on this thread; False when a worker has (or had) it."""
+        if task[0] is None or not task[0].cancel():
+            return False
+        task[0] = None
+        self.store.read_chunk_into(task[1], task[2])
+        return True
+
+    def _help_once(self) -> bool:
+        """Decode the last queued chunk here (workers take the first); False when none is queued.
+
+        A cursor walks down from the end once, so helping costs O(chunks) over the whole load.
+        """
+        while self._tail > 0:
+            self._tail -= 1
+            if self._take(self.tasks[self._tail]):
+                return True
+        return False
 
     def tensor(self, f, t):
         """The decoded tensor (typed, shaped), once all its chunks are verified."""
         typed, tasks = self.jobs[(f.path, t.name)]
         for task in tasks:
-            self._run_here(task)
-        # meanwhile, help with the chunks still queued, the last first (workers take the first)
-        while any(task[0] is not None and not task[0].done() for task in tasks):
-            queued = next((x for x in reversed(self.tasks) if x[0] is not None and not x[0].running()
-                           and not x[0].done()), None)
-            if queued is None:
-                break
-            self._run_here(queued)
+            self._take(task)
         for task in tasks:
+            while task[0] is not None and not task[0].done() and self._help_once():
+                pass
             if task[0] is not None:
                 task[0].result()
         return typed
