@@ -27,6 +27,18 @@ def test_help_does_not_import_heavy_modules():
     assert out.strip() == "[]"
 
 
+def test_json_snapshot_and_restore_never_import_rich(tmp_path, toy_model):
+    """Scripts pay no terminal UI: --json output and disabled progress bars stay off rich (~33 ms)."""
+    store, out = tmp_path / "s", tmp_path / "out"
+    code = ("import sys; from weightvault.cli import main; "
+            f"a = main(['--store', {str(store)!r}, 'snapshot', {str(toy_model)!r}, '--model', 't', '--json']); "
+            f"b = main(['--store', {str(store)!r}, 'restore', 't@1', {str(out)!r}, '--json']); "
+            "print(a, b, 'rich' in sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip().splitlines()[-1] == "0 0 False", r.stderr
+    assert (out / "model.safetensors").exists()
+
+
 def test_default_store_is_created_on_first_use(tmp_path, toy_model):
     env = {"WEIGHTVAULT_STORE": str(tmp_path / "default"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     r = run("snapshot", toy_model, "--model", "toy", "--json", env=env)

@@ -71,19 +71,22 @@ class _Bar:
         self.progress.advance(self.task, n)
 
 
+class _NullBar:
+    def start(self, total: int) -> None:
+        pass
+
+    def __call__(self, n: int) -> None:
+        pass
+
+
 @contextmanager
 def progress_bar(description: str, *, enabled: bool = True):
-    """A byte progress bar on stderr (only on a terminal); yields a callable(n) with start(total)."""
-    console = err_console()
-    if not enabled or not console.is_terminal:
-        class _Null:
-            def start(self, total):
-                pass
+    """A byte progress bar on stderr (only on a terminal); yields a callable(n) with start(total).
 
-            def __call__(self, n):
-                pass
-
-        yield _Null()
+    A disabled bar (``--json``) never imports rich (33 ms of a snapshot's start-up).
+    """
+    if not enabled or not err_console().is_terminal:
+        yield _NullBar()
         return
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
