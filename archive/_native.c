@@ -553,16 +553,344 @@ done:
     return out;
 }
 
+/* ---- rANS ---------------------------------------------------------------
+ *
+ * An order-0 range-ANS coder for byte streams whose zstd Huffman literals sit
+ * measurably above their entropy (fsplit's j stream: 1.2%). Format (rans.py
+ * holds the numpy reference and the description): version byte 1, scale bits
+ * n, u32 count, a 32-byte bitmap of present symbols, a u16 frequency per
+ * present symbol (summing to 2^n), RANS_LANES u32 lane states, then u16
+ * words. Symbol i is coded by lane i % RANS_LANES; a lane's 32-bit state
+ * lives in [2^16, 2^32) and renormalises by at most one 16-bit word per
+ * symbol, so a decoder step reads words in lane order. */
+
+#define RANS_LANES 32
+#define RANS_L (1u << 16)
+#define RANS_HEAD (1 + 1 + 4 + 32)
+
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+
+/* Encode d[0..count) backwards into the words ending at w; returns the new
+ * start of the words. Branch-free: every lane writes a word slot and keeps it
+ * only when it renormalises; x / f is a multiply by ceil(2^64 / f), exact for
+ * x < 2^32 and 2 <= f < 2^16 (the error stays below 2^-32 < 1/f). */
+static uint8_t *rans_encode_lanes(const uint8_t *restrict d, Py_ssize_t count, int n, const uint32_t *f,
+                                  const uint32_t *c, const uint64_t *xmax, uint32_t *st, uint8_t *w) {
+    struct { uint64_t xmax, rcp; uint32_t f, c; } sy[256];
+    for (int s = 0; s < 256; s++) {
+        sy[s].xmax = xmax[s];
+        sy[s].f = f[s];
+        sy[s].c = c[s];
+#ifdef __SIZEOF_INT128__
+        sy[s].rcp = f[s] >= 2 ? (uint64_t)((((unsigned __int128)1 << 64) + f[s] - 1) / f[s]) : 0;
+#else
+        sy[s].rcp = 0;
+#endif
+    }
+    uint32_t x[RANS_LANES];
+    for (int l = 0; l < RANS_LANES; l++) x[l] = RANS_L;
+    if (count == 0) { memcpy(st, x, sizeof x); return w; }
+    for (Py_ssize_t i = (count - 1) / RANS_LANES * RANS_LANES; i >= 0; i -= RANS_LANES) {
+        int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
+        for (int l = lanes - 1; l >= 0; l--) {
+            uint8_t s = d[i + l];
+            uint32_t v = x[l];
+            uint32_t need = (uint64_t)v >= sy[s].xmax;
+            w[-2] = (uint8_t)v;
+            w[-1] = (uint8_t)(v >> 8);
+            w -= 2 * need;
+            v >>= need << 4;
+            uint32_t fs = sy[s].f, q;
+#ifdef __SIZEOF_INT128__
+            q = fs >= 2 ? (uint32_t)(((unsigned __int128)v * sy[s].rcp) >> 64) : v;
+#else
+            q = v / fs;
+#endif
+            x[l] = (q << n) + (v - q * fs) + sy[s].c;
+        }
+    }
+    memcpy(st, x, sizeof x);
+    return w;
+}
+
+/* rans_encode(data, freqs, scale) -> bytes. freqs: 256 little-endian u32
+ * (rans.normalize's table: every symbol of data present, summing to 2^scale). */
+static PyObject *rans_encode(PyObject *self, PyObject *args) {
+    Py_buffer db, fb;
+    int n;
+    if (!PyArg_ParseTuple(args, "y*y*i", &db, &fb, &n)) return NULL;
+    PyObject *out = NULL;
+    uint8_t *tmp = NULL;
+    uint32_t f[256], c[256], sum = 0;
+    uint64_t xmax[256]; /* 2^32 for a symbol of frequency 2^scale */
+    int present = 0;
+    if (fb.len != 1024 || n < 8 || n > 15 || db.len < 1 || db.len > 0xFFFFFFFFu) {
+        PyErr_SetString(PyExc_ValueError, "bad frequency table, scale or length");
+        goto done;
+    }
+    for (int s = 0; s < 256; s++) {
+        f[s] = rd32((const uint8_t *)fb.buf + 4 * s);
+        c[s] = sum;
+        sum += f[s];
+        present += f[s] != 0;
+        xmax[s] = ((uint64_t)(RANS_L >> n) << 16) * f[s];
+    }
+    if (sum != (1u << n)) { PyErr_SetString(PyExc_ValueError, "frequencies do not sum to 2^scale"); goto done; }
+    const uint8_t *d = db.buf;
+    Py_ssize_t count = db.len;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!f[d[i]]) { PyErr_SetString(PyExc_ValueError, "a symbol of the data has frequency 0"); goto done; }
+    /* words are written backwards from the end of tmp */
+    Py_ssize_t cap = 2 * count + 16;
+    tmp = PyMem_RawMalloc(cap);
+    if (!tmp) { PyErr_NoMemory(); goto done; }
+    uint32_t st[RANS_LANES];
+    uint8_t *w = tmp + cap;
+    Py_BEGIN_ALLOW_THREADS
+    w = rans_encode_lanes(d, count, n, f, c, xmax, st, w);
+    Py_END_ALLOW_THREADS
+    Py_ssize_t nwords = (tmp + cap - w) / 2;
+    Py_ssize_t head = RANS_HEAD + 2 * present + 4 * RANS_LANES;
+    char *o;
+    out = new_bytes(head + 2 * nwords, &o);
+    if (!out) goto done;
+    uint8_t *p = (uint8_t *)o;
+    p[0] = 1;
+    p[1] = (uint8_t)n;
+    wr32(p + 2, (uint32_t)count);
+    memset(p + 6, 0, 32);
+    uint8_t *q = p + RANS_HEAD;
+    for (int s = 0; s < 256; s++)
+        if (f[s]) { p[6 + s / 8] |= (uint8_t)(1u << (s % 8)); q[0] = (uint8_t)f[s]; q[1] = (uint8_t)(f[s] >> 8); q += 2; }
+    for (int l = 0; l < RANS_LANES; l++, q += 4) wr32(q, st[l]);
+    memcpy(q, w, 2 * nwords);
+done:
+    PyMem_RawFree(tmp);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&fb);
+    return out;
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define RANS_SIMD 1
+/* shuffle masks that spread the first popcount(m) u16 words of a register
+ * into the 32-bit lanes whose bit is set in m (other lanes get zero) */
+static uint8_t rans_spread[16][16];
+
+static void rans_spread_init(void) {
+    for (int m = 0; m < 16; m++) {
+        int w = 0;
+        for (int l = 0; l < 4; l++) {
+            uint8_t *o = rans_spread[m] + 4 * l;
+            if (m >> l & 1) { o[0] = (uint8_t)(2 * w); o[1] = (uint8_t)(2 * w + 1); w++; }
+            else o[0] = o[1] = 0x80;
+            o[2] = o[3] = 0x80;
+        }
+    }
+}
+
+/* rans_decode_lanes's fast path: a whole step of 32 lanes, 4 at a time
+ * (SSE4.1), when at least 32 words remain (no read can overrun). */
+__attribute__((target("sse4.1,popcnt")))
+static void rans_step_sse41(uint8_t *restrict od, uint32_t *restrict x, int n, const uint8_t *restrict sym,
+                            const uint32_t *restrict tab, const uint8_t *restrict words, Py_ssize_t *pos) {
+    const __m128i mask = _mm_set1_epi32((1 << n) - 1), lo16 = _mm_set1_epi32(0xFFFF), zero = _mm_setzero_si128();
+    const __m128i shift = _mm_cvtsi32_si128(n);
+    Py_ssize_t p = *pos;
+    for (int g = 0; g < RANS_LANES; g += 4) {
+        __m128i xv = _mm_loadu_si128((const __m128i *)(x + g));
+        __m128i sl = _mm_and_si128(xv, mask);
+        uint32_t s0 = (uint32_t)_mm_cvtsi128_si32(sl), s1 = (uint32_t)_mm_extract_epi32(sl, 1);
+        uint32_t s2 = (uint32_t)_mm_extract_epi32(sl, 2), s3 = (uint32_t)_mm_extract_epi32(sl, 3);
+        od[g] = sym[s0]; od[g + 1] = sym[s1]; od[g + 2] = sym[s2]; od[g + 3] = sym[s3];
+        __m128i e = _mm_set_epi32((int)tab[s3], (int)tab[s2], (int)tab[s1], (int)tab[s0]);
+        xv = _mm_add_epi32(_mm_mullo_epi32(_mm_srli_epi32(e, 16), _mm_srl_epi32(xv, shift)), _mm_and_si128(e, lo16));
+        __m128i need = _mm_cmpeq_epi32(_mm_srli_epi32(xv, 16), zero);
+        int m = _mm_movemask_ps(_mm_castsi128_ps(need));
+        __m128i w = _mm_loadl_epi64((const __m128i *)(words + 2 * p));
+        w = _mm_shuffle_epi8(w, _mm_loadu_si128((const __m128i *)rans_spread[m]));
+        xv = _mm_blendv_epi8(xv, _mm_or_si128(_mm_slli_epi32(xv, 16), w), need);
+        _mm_storeu_si128((__m128i *)(x + g), xv);
+        p += _mm_popcnt_u32((unsigned)m);
+    }
+    *pos = p;
+}
+#endif
+
+/* Decode count symbols into od. Per step of RANS_LANES symbols, first every
+ * lane decodes its symbol (independent work), then the lanes renormalise in
+ * order (the word cursor is the only serial part). Returns 1 on an over-read. */
+static int rans_decode_lanes(uint8_t *restrict od, Py_ssize_t count, uint32_t *restrict st, int n,
+                             const uint8_t *restrict sym, const uint32_t *restrict tab,
+                             const uint8_t *restrict words, Py_ssize_t nwords, Py_ssize_t *pos_out) {
+    uint32_t mask = (1u << n) - 1, x[RANS_LANES];
+    Py_ssize_t pos = 0;
+    int bad = 0;
+    memcpy(x, st, sizeof x);
+    Py_ssize_t i = 0;
+#ifdef RANS_SIMD
+    if (__builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("popcnt"))
+        for (; i + RANS_LANES <= count && pos + RANS_LANES + 4 <= nwords; i += RANS_LANES)
+            rans_step_sse41(od + i, x, n, sym, tab, words, &pos);
+#endif
+    for (; i < count; i += RANS_LANES) {
+        int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
+        if (lanes == RANS_LANES) {
+            for (int l = 0; l < RANS_LANES; l++) {
+                uint32_t slot = x[l] & mask, e = tab[slot];
+                od[i + l] = sym[slot];
+                x[l] = (e >> 16) * (x[l] >> n) + (e & 0xFFFF);
+            }
+        } else {
+            for (int l = 0; l < lanes; l++) {
+                uint32_t slot = x[l] & mask, e = tab[slot];
+                od[i + l] = sym[slot];
+                x[l] = (e >> 16) * (x[l] >> n) + (e & 0xFFFF);
+            }
+        }
+        if (pos + lanes <= nwords) {
+            for (int l = 0; l < lanes; l++) {
+                uint16_t w;
+                memcpy(&w, words + 2 * pos, 2);
+                /* arithmetic, not a branch: a lane needs a word about half the time */
+                uint32_t need = x[l] < RANS_L;
+                x[l] = (x[l] << (need << 4)) | ((uint32_t)w & (0u - need));
+                pos += need;
+            }
+        } else {
+            for (int l = 0; l < lanes; l++) {
+                if (x[l] >= RANS_L) continue;
+                if (pos >= nwords) { bad = 1; break; }
+                x[l] = x[l] << 16 | words[2 * pos] | (uint32_t)words[2 * pos + 1] << 8;
+                pos++;
+            }
+            if (bad) break;
+        }
+    }
+    memcpy(st, x, sizeof x);
+    *pos_out = pos;
+    return bad;
+}
+
+/* rans_decode(blob, cap) -> bytes (at most cap symbols). ValueError with the
+ * reason when the blob is malformed or does not decode to its own end. */
+static PyObject *rans_decode(PyObject *self, PyObject *args) {
+    Py_buffer bb;
+    Py_ssize_t cap;
+    if (!PyArg_ParseTuple(args, "y*n", &bb, &cap)) return NULL;
+    PyObject *out = NULL;
+    uint8_t *sym = NULL;
+    uint32_t *tab = NULL;
+    const char *err = NULL;
+    const uint8_t *p = bb.buf;
+    Py_ssize_t len = bb.len;
+    if (len < RANS_HEAD || p[0] != 1 || p[1] < 8 || p[1] > 15) { err = "bad rANS header"; goto done; }
+    int n = p[1];
+    uint32_t M = 1u << n;
+    Py_ssize_t count = rd32(p + 2);
+    if (count < 1 || count > cap) { err = "rANS count out of range"; goto done; }
+    uint32_t f[256] = {0}, sum = 0;
+    const uint8_t *q = p + RANS_HEAD;
+    for (int s = 0; s < 256; s++) {
+        if (!(p[6 + s / 8] >> (s % 8) & 1)) continue;
+        if (q + 2 > p + len) { err = "truncated rANS table"; goto done; }
+        f[s] = q[0] | (uint32_t)q[1] << 8;
+        q += 2;
+        if (!f[s]) { err = "zero rANS frequency"; goto done; }
+        sum += f[s];
+    }
+    if (sum != M) { err = "rANS frequencies do not sum to 2^scale"; goto done; }
+    if (q + 4 * RANS_LANES > p + len || (p + len - q - 4 * RANS_LANES) % 2) { err = "truncated rANS stream"; goto done; }
+    sym = PyMem_RawMalloc(M);
+    tab = PyMem_RawMalloc(4 * (size_t)M);
+    if (!sym || !tab) { PyErr_NoMemory(); goto done; }
+    for (uint32_t s = 0, slot = 0; s < 256; s++)
+        for (uint32_t k = 0; k < f[s]; k++, slot++) { sym[slot] = (uint8_t)s; tab[slot] = f[s] << 16 | k; }
+    uint32_t st[RANS_LANES];
+    for (int l = 0; l < RANS_LANES; l++, q += 4) {
+        st[l] = rd32(q);
+        if (st[l] < RANS_L) { err = "bad rANS state"; goto done; }
+    }
+    const uint8_t *words = q;
+    Py_ssize_t nwords = (p + len - q) / 2, pos = 0;
+    char *o;
+    out = new_bytes(count, &o);
+    if (!out) goto done;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    bad = rans_decode_lanes((uint8_t *)o, count, st, n, sym, tab, words, nwords, &pos);
+    Py_END_ALLOW_THREADS
+    if (bad || pos != nwords) err = "rANS stream does not decode to its end";
+    for (int l = 0; l < RANS_LANES && !err; l++)
+        if (st[l] != RANS_L) err = "rANS stream does not decode to its initial state";
+done:
+    if (err) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, err);
+    }
+    PyMem_RawFree(sym);
+    PyMem_RawFree(tab);
+    PyBuffer_Release(&bb);
+    return out;
+}
+
+/* byte_hist(data[, stride]) -> bytes: 256 little-endian u64 counts of the
+ * byte values of data[::stride]. */
+static PyObject *byte_hist(PyObject *self, PyObject *args) {
+    Py_buffer db;
+    Py_ssize_t stride = 1;
+    if (!PyArg_ParseTuple(args, "y*|n", &db, &stride)) return NULL;
+    if (stride < 1) {
+        PyBuffer_Release(&db);
+        PyErr_SetString(PyExc_ValueError, "stride must be at least 1");
+        return NULL;
+    }
+    uint32_t h[4][256]; /* u32 per table: flushed before a count could wrap */
+    uint64_t tot[256];
+    memset(h, 0, sizeof h);
+    memset(tot, 0, sizeof tot);
+    const uint8_t *d = db.buf;
+    Py_ssize_t n = db.len, i = 0, block = stride * ((Py_ssize_t)1 << 30);
+    Py_BEGIN_ALLOW_THREADS
+    while (i < n) {
+        Py_ssize_t end = n - i > block ? i + block : n;
+        if (stride == 1)
+            for (; i + 4 <= end; i += 4) { h[0][d[i]]++; h[1][d[i + 1]]++; h[2][d[i + 2]]++; h[3][d[i + 3]]++; }
+        for (; i < end; i += stride) h[0][d[i]]++;
+        for (int s = 0; s < 256; s++) {
+            tot[s] += (uint64_t)h[0][s] + h[1][s] + h[2][s] + h[3][s];
+            h[0][s] = h[1][s] = h[2][s] = h[3][s] = 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&db);
+    char *o;
+    PyObject *out = new_bytes(256 * 8, &o);
+    if (!out) return NULL;
+    memcpy(o, tot, sizeof tot);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"xor_count", xor_count, METH_VARARGS, "xor_count(a, b, itemsize) -> (n_diff, a ^ b or None)"},
     {"cast_bf16", cast_bf16, METH_VARARGS, "cast_bf16(f32, rne) -> bf16 bit patterns"},
     {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
     {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize[, dest]) -> bytes, True or None"},
     {"planes_split", planes_split, METH_VARARGS, "planes_split(raw, base, itemsize, mode) -> planes"},
+    {"byte_hist", byte_hist, METH_VARARGS, "byte_hist(data[, stride]) -> 256 u64 counts of data[::stride]"},
+    {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(data, freqs, scale) -> rANS blob"},
+    {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(blob, cap) -> bytes"},
     {"planes_join", planes_join, METH_VARARGS, "planes_join(planes, base, mode[, dest]) -> bytes or True"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "One-pass codec transforms.", -1, methods};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+#ifdef RANS_SIMD
+    rans_spread_init();
+#endif
+    return PyModule_Create(&module);
+}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from weightvault.archive import ids
+from weightvault.archive import ids, rans
 from weightvault.archive._lazy import numpy as np
 from weightvault.archive.native import NONE, native
 from weightvault.archive.safetensors_header import (
@@ -190,10 +190,10 @@ def encode_chunk(raw, chunk_id: str, *, dtype: str | None = None, level: int | N
 
 
 def compress_streams(arrays: dict, level: int) -> tuple[dict[str, bytes], list[str]]:
-    """zstd-compress each stream, keeping it raw where that is not smaller.
+    """Store each stream in the smallest of zstd, rANS (archive/rans.py) and raw.
 
     Returns:
-        (name -> stored bytes, kinds in the same order: ``zstd`` or ``raw``).
+        (name -> stored bytes, kinds in the same order: ``zstd``, ``rans`` or ``raw``).
     """
     streams, kinds = {}, []
     for name, a in arrays.items():
@@ -203,6 +203,9 @@ def compress_streams(arrays: dict, level: int) -> tuple[dict[str, bytes], list[s
             streams[name], kind = z, "zstd"
         else:
             streams[name], kind = data, "raw"
+        r = rans.maybe_encode(data, len(streams[name])) if data else None
+        if r is not None:
+            streams[name], kind = r, "rans"
         kinds.append(kind)
     return streams, kinds
 
@@ -222,12 +225,14 @@ def zstd_decompress_bounded(frame: bytes, cap: int, chunk_id: str) -> bytes:
 
 def decompress_streams(h: "ChunkHeader", container: bytes, chunk_id: str, kinds: dict[str, str],
                        caps: dict[str, int]) -> dict[str, bytes]:
-    """Read named streams of a container, each ``zstd`` (capped) or ``raw``."""
+    """Read named streams of a container, each ``zstd`` or ``rans`` (capped) or ``raw``."""
     out = {}
     for name, kind in kinds.items():
         s = _stream(h, container, name, chunk_id)
         if kind == "zstd":
             s = zstd_decompress_bounded(s, caps[name], chunk_id)
+        elif kind == "rans":
+            s = rans.decode(s, caps[name], chunk_id)
         elif kind != "raw" or len(s) > caps[name]:
             raise ChunkCorruptError(chunk_id, f"stream {name!r} has a bad kind or length")
         out[name] = s
@@ -312,7 +317,9 @@ def decode_planes(h: ChunkHeader, container: bytes, chunk_id: str, prefix: str =
         s = _stream(h, container, f"{prefix}{k}", chunk_id)
         if kind == "zstd":
             s = zstd_decompress_capped(s, n, chunk_id)
-        elif kind != "raw" or len(s) != n:
+        elif kind == "rans":
+            s = rans.decode(s, n, chunk_id)
+        if kind not in ("zstd", "rans", "raw") or len(s) != n:
             raise ChunkCorruptError(chunk_id, f"plane {k} has a bad kind or length")
         planes.append(s)
     if native is not None and itemsize in (1, 2, 4, 8):
