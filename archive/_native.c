@@ -572,12 +572,44 @@ static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); re
 static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 
 /* Encode d[0..count) backwards into the words ending at w; returns the new
- * start of the words. Branch-free: every lane writes a word slot and keeps it
- * only when it renormalises; x / f is a multiply by ceil(2^64 / f), exact for
- * x < 2^32 and 2 <= f < 2^16 (the error stays below 2^-32 < 1/f). */
+ * start of the words, or NULL when a symbol has frequency 0. Branch-free: every
+ * lane writes a word slot and keeps it only when it renormalises; x / f is a
+ * multiply by ceil(2^64 / f), exact for x < 2^32 and 2 <= f < 2^16 (the error
+ * stays below 2^-32 < 1/f). The scale is a compile-time constant for the
+ * default 14 (shifts by an immediate). */
+typedef struct { uint64_t xmax, rcp; uint32_t f, c; } rans_sym;
+
+static inline __attribute__((always_inline)) uint8_t *
+rans_encode_body(const uint8_t *restrict d, Py_ssize_t count, const int n, const rans_sym *sy, uint32_t *x,
+                 uint8_t *w, int *bad) {
+    uint32_t zero = 0;
+    for (Py_ssize_t i = (count - 1) / RANS_LANES * RANS_LANES; i >= 0; i -= RANS_LANES) {
+        int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
+        for (int l = lanes - 1; l >= 0; l--) {
+            const rans_sym *e = &sy[d[i + l]];
+            uint32_t v = x[l];
+            uint32_t need = (uint64_t)v >= e->xmax;
+            w[-2] = (uint8_t)v;
+            w[-1] = (uint8_t)(v >> 8);
+            w -= 2 * need;
+            v >>= need << 4;
+            uint32_t fs = e->f, q;
+            zero |= fs == 0;
+#ifdef __SIZEOF_INT128__
+            q = fs >= 2 ? (uint32_t)(((unsigned __int128)v * e->rcp) >> 64) : v;
+#else
+            q = fs ? v / fs : 0;
+#endif
+            x[l] = (q << n) + (v - q * fs) + e->c;
+        }
+    }
+    *bad = zero != 0;
+    return w;
+}
+
 static uint8_t *rans_encode_lanes(const uint8_t *restrict d, Py_ssize_t count, int n, const uint32_t *f,
                                   const uint32_t *c, const uint64_t *xmax, uint32_t *st, uint8_t *w) {
-    struct { uint64_t xmax, rcp; uint32_t f, c; } sy[256];
+    rans_sym sy[256];
     for (int s = 0; s < 256; s++) {
         sy[s].xmax = xmax[s];
         sy[s].f = f[s];
@@ -589,29 +621,12 @@ static uint8_t *rans_encode_lanes(const uint8_t *restrict d, Py_ssize_t count, i
 #endif
     }
     uint32_t x[RANS_LANES];
+    int bad = 0;
     for (int l = 0; l < RANS_LANES; l++) x[l] = RANS_L;
-    if (count == 0) { memcpy(st, x, sizeof x); return w; }
-    for (Py_ssize_t i = (count - 1) / RANS_LANES * RANS_LANES; i >= 0; i -= RANS_LANES) {
-        int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
-        for (int l = lanes - 1; l >= 0; l--) {
-            uint8_t s = d[i + l];
-            uint32_t v = x[l];
-            uint32_t need = (uint64_t)v >= sy[s].xmax;
-            w[-2] = (uint8_t)v;
-            w[-1] = (uint8_t)(v >> 8);
-            w -= 2 * need;
-            v >>= need << 4;
-            uint32_t fs = sy[s].f, q;
-#ifdef __SIZEOF_INT128__
-            q = fs >= 2 ? (uint32_t)(((unsigned __int128)v * sy[s].rcp) >> 64) : v;
-#else
-            q = v / fs;
-#endif
-            x[l] = (q << n) + (v - q * fs) + sy[s].c;
-        }
-    }
+    if (count > 0)
+        w = n == 14 ? rans_encode_body(d, count, 14, sy, x, w, &bad) : rans_encode_body(d, count, n, sy, x, w, &bad);
     memcpy(st, x, sizeof x);
-    return w;
+    return bad ? NULL : w;
 }
 
 /* rans_encode(data, freqs, scale) -> bytes. freqs: 256 little-endian u32
@@ -639,8 +654,6 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
     if (sum != (1u << n)) { PyErr_SetString(PyExc_ValueError, "frequencies do not sum to 2^scale"); goto done; }
     const uint8_t *d = db.buf;
     Py_ssize_t count = db.len;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!f[d[i]]) { PyErr_SetString(PyExc_ValueError, "a symbol of the data has frequency 0"); goto done; }
     /* words are written backwards from the end of tmp */
     Py_ssize_t cap = 2 * count + 16;
     tmp = PyMem_RawMalloc(cap);
@@ -650,6 +663,7 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     w = rans_encode_lanes(d, count, n, f, c, xmax, st, w);
     Py_END_ALLOW_THREADS
+    if (!w) { PyErr_SetString(PyExc_ValueError, "a symbol of the data has frequency 0"); goto done; }
     Py_ssize_t nwords = (tmp + cap - w) / 2;
     Py_ssize_t head = RANS_HEAD + 2 * present + 4 * RANS_LANES;
     char *o;

@@ -21,8 +21,9 @@ DATA = Path(__file__).parent / "data"
 
 
 # golden-store-v1: core codecs (raw, zstd, bytegroup); golden-store-v1-engine: the engine's
-# codecs (fsplit, delta-sub, cast), written by weightvault 0.1 and never rewritten.
-FROZEN = ["golden-store-v1", "golden-store-v1-engine"]
+# codecs (fsplit, delta-sub, cast), written by weightvault 0.1 and never rewritten;
+# golden-store-v1-rans: fsplit and delta streams of kind rans (tests/data/make_golden_rans.py).
+FROZEN = ["golden-store-v1", "golden-store-v1-engine", "golden-store-v1-rans"]
 
 
 @pytest.fixture(params=FROZEN)
@@ -39,6 +40,17 @@ def test_frozen_engine_store_holds_every_engine_codec(tmp_path):
     v = Vault.open(tmp_path / "g", create=False)
     found = {v.store.chunk_header(i.key.rsplit("/", 1)[-1])[0].codec for i in v.store.list_chunks()}
     assert {"fsplit", "delta-sub", "cast"} <= found
+
+
+def test_frozen_rans_store_holds_rans_streams_in_fsplit_and_delta_chunks(tmp_path):
+    shutil.copytree(DATA / "golden-store-v1-rans", tmp_path / "g")
+    v = Vault.open(tmp_path / "g", create=False)
+    found = set()
+    for info in v.store.list_chunks():
+        meta = v.store.chunk_header(info.key.rsplit("/", 1)[-1])[0].meta
+        if "rans" in meta.get("kinds", "").split(","):
+            found.add(meta["codec"])
+    assert {"fsplit", "delta-sub"} <= found
 
 
 def test_frozen_store_restores_byte_exact(golden, tmp_path):

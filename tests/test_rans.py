@@ -148,3 +148,16 @@ def test_flipped_payload_bits_never_pass_as_the_chunk():
             continue
         assert ids.content_id(out) != cid
     assert refused > 0
+
+
+@needs_native
+def test_the_encoder_refuses_a_table_that_misses_a_symbol_of_the_data():
+    data = skewed(10_000, 5, seed=11)
+    f = rans.normalize(rans.histogram(data))
+    first, second = (int(k) for k in np.flatnonzero(f)[:2])
+    f[second] += f[first]
+    f[first] = 0  # still sums to 2^scale, but a symbol of the data is missing
+    with pytest.raises(ValueError, match="frequency 0"):
+        native.rans_encode(data, f.astype("<u4").tobytes(), rans.SCALE)
+    with pytest.raises(ValueError, match="sum"):
+        native.rans_encode(data, (f * 2).astype("<u4").tobytes(), rans.SCALE)
