@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -564,6 +565,11 @@ done:
  * lives in [2^16, 2^32) and renormalises by at most one 16-bit word per
  * symbol, so a decoder step reads words in lane order. */
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define RANS_SIMD 1
+#endif
+
 #define RANS_LANES 32
 #define RANS_L (1u << 16)
 #define RANS_HEAD (1 + 1 + 4 + 32)
@@ -571,42 +577,105 @@ done:
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 
-/* Encode d[0..count) backwards into the words ending at w; returns the new
- * start of the words, or NULL when a symbol has frequency 0. Branch-free: every
- * lane writes a word slot and keeps it only when it renormalises; x / f is a
- * multiply by ceil(2^64 / f), exact for x < 2^32 and 2 <= f < 2^16 (the error
- * stays below 2^-32 < 1/f). The scale is a compile-time constant for the
- * default 14 (shifts by an immediate). */
-typedef struct { uint64_t xmax, rcp; uint32_t f, c; } rans_sym;
+/* Encoding. Symbols are encoded backwards (the decoder reads forwards); a
+ * step of RANS_LANES symbols visits its lanes from the last down, each lane
+ * writing its renormalisation word (if any) below the previous one. Per
+ * symbol s: need = x >= xmax(s) = 2^(32-n) f(s); x >>= 16 if need; then
+ * x = x + c(s) + floor(x / f(s)) (2^n - f(s)), which is
+ * floor(x / f) 2^n + x mod f + c. */
+typedef struct {
+    uint64_t xmax, rcp; /* rcp = ceil(2^64 / f): x / f = (x * rcp) >> 64 for x < 2^32, 2 <= f < 2^16 */
+    uint32_t f, c;
+} rans_sym;
 
 static inline __attribute__((always_inline)) uint8_t *
-rans_encode_body(const uint8_t *restrict d, Py_ssize_t count, const int n, const rans_sym *sy, uint32_t *x,
-                 uint8_t *w, int *bad) {
-    uint32_t zero = 0;
-    for (Py_ssize_t i = (count - 1) / RANS_LANES * RANS_LANES; i >= 0; i -= RANS_LANES) {
-        int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
-        for (int l = lanes - 1; l >= 0; l--) {
-            const rans_sym *e = &sy[d[i + l]];
-            uint32_t v = x[l];
-            uint32_t need = (uint64_t)v >= e->xmax;
-            w[-2] = (uint8_t)v;
-            w[-1] = (uint8_t)(v >> 8);
-            w -= 2 * need;
-            v >>= need << 4;
-            uint32_t fs = e->f, q;
-            zero |= fs == 0;
+rans_enc_step(const uint8_t *restrict d, int lanes, const int n, const rans_sym *sy, uint32_t *x,
+              uint8_t *w, uint32_t *zero) {
+    for (int l = lanes - 1; l >= 0; l--) {
+        const rans_sym *e = &sy[d[l]];
+        uint32_t v = x[l];
+        uint32_t need = (uint64_t)v >= e->xmax;
+        w[-2] = (uint8_t)v; /* written always, kept only when needed: no branch */
+        w[-1] = (uint8_t)(v >> 8);
+        w -= 2 * need;
+        v >>= need << 4;
+        uint32_t fs = e->f, q;
+        *zero |= fs == 0;
 #ifdef __SIZEOF_INT128__
-            q = fs >= 2 ? (uint32_t)(((unsigned __int128)v * e->rcp) >> 64) : v;
+        q = fs >= 2 ? (uint32_t)(((unsigned __int128)v * e->rcp) >> 64) : v;
 #else
-            q = fs ? v / fs : 0;
+        q = fs ? v / fs : 0;
 #endif
-            x[l] = (q << n) + (v - q * fs) + e->c;
-        }
+        x[l] = (q << n) + (v - q * fs) + e->c;
     }
-    *bad = zero != 0;
     return w;
 }
 
+#ifdef RANS_SIMD
+/* The encoder's tables for the SSE4.1 step, per symbol: xmax - 1 capped at
+ * 2^32 - 1 (so an unsigned "x > xm" is "x >= xmax"), 2^n - f, c, a
+ * reciprocal 1/f biased up by 2^-50 (floor(x * inv) = floor(x / f) exactly
+ * for x < 2^32, f < 2^16: the product lands in [x/f, x/f + 2^-17/f]), and
+ * whether f is 0 (a symbol the table lacks). */
+typedef struct {
+    uint32_t xm[256], cf[256], c[256];
+    double inv[256];
+    uint8_t missing[256];
+} rans_simd_tab;
+
+/* pshufb masks that gather the low 16 bits of the lanes set in m, ascending,
+ * into the top 2 * popcount(m) bytes of the low 8 bytes */
+static uint8_t rans_pack[16][16];
+
+static void rans_pack_init(void) {
+    for (int m = 0; m < 16; m++) {
+        memset(rans_pack[m], 0x80, 16);
+        int k = __builtin_popcount((unsigned)m), i = 0;
+        for (int l = 0; l < 4; l++)
+            if (m >> l & 1) {
+                rans_pack[m][8 - 2 * k + 2 * i] = (uint8_t)(4 * l);
+                rans_pack[m][8 - 2 * k + 2 * i + 1] = (uint8_t)(4 * l + 1);
+                i++;
+            }
+    }
+}
+
+/* One whole step, lanes 31..0 four at a time: the same bytes as rans_enc_step. */
+__attribute__((target("sse4.1,popcnt")))
+static uint8_t *rans_enc_step_sse41(const uint8_t *restrict d, const rans_simd_tab *t, uint32_t M, uint32_t *x,
+                                    uint8_t *w, uint32_t *zero) {
+    const __m128i sign = _mm_set1_epi32((int)0x80000000u), m1 = _mm_set1_epi32((int)(M - 1));
+    const __m128d two31 = _mm_set1_pd(2147483648.0);
+    uint32_t z = 0;
+    for (int g = RANS_LANES - 4; g >= 0; g -= 4) {
+        unsigned s0 = d[g], s1 = d[g + 1], s2 = d[g + 2], s3 = d[g + 3];
+        z |= t->missing[s0] | t->missing[s1] | t->missing[s2] | t->missing[s3];
+        __m128i xv = _mm_loadu_si128((const __m128i *)(x + g));
+        __m128i xm = _mm_set_epi32((int)t->xm[s3], (int)t->xm[s2], (int)t->xm[s1], (int)t->xm[s0]);
+        __m128i need = _mm_cmpgt_epi32(_mm_xor_si128(xv, sign), _mm_xor_si128(xm, sign));
+        int m = _mm_movemask_ps(_mm_castsi128_ps(need));
+        _mm_storel_epi64((__m128i *)(w - 8), _mm_shuffle_epi8(xv, _mm_loadu_si128((const __m128i *)rans_pack[m])));
+        w -= 2 * _mm_popcnt_u32((unsigned)m);
+        xv = _mm_blendv_epi8(xv, _mm_srli_epi32(xv, 16), need);
+        __m128i xs = _mm_xor_si128(xv, sign);
+        __m128d lo = _mm_add_pd(_mm_cvtepi32_pd(xs), two31), hi = _mm_add_pd(_mm_cvtepi32_pd(_mm_srli_si128(xs, 8)), two31);
+        lo = _mm_mul_pd(lo, _mm_set_pd(t->inv[s1], t->inv[s0]));
+        hi = _mm_mul_pd(hi, _mm_set_pd(t->inv[s3], t->inv[s2]));
+        __m128i q = _mm_unpacklo_epi64(_mm_cvttpd_epi32(lo), _mm_cvttpd_epi32(hi));
+        __m128i cf = _mm_set_epi32((int)t->cf[s3], (int)t->cf[s2], (int)t->cf[s1], (int)t->cf[s0]);
+        q = _mm_blendv_epi8(q, xv, _mm_cmpeq_epi32(cf, m1)); /* f = 1: q = x, which may pass 2^31 */
+        __m128i c = _mm_set_epi32((int)t->c[s3], (int)t->c[s2], (int)t->c[s1], (int)t->c[s0]);
+        xv = _mm_add_epi32(_mm_add_epi32(xv, c), _mm_mullo_epi32(q, cf));
+        _mm_storeu_si128((__m128i *)(x + g), xv);
+    }
+    *zero |= z;
+    return w;
+}
+#endif
+
+/* Encode d[0..count) backwards into the words ending at w (at least 8 bytes
+ * of room below the lowest word); returns the new start of the words, or
+ * NULL when a symbol has frequency 0. */
 static uint8_t *rans_encode_lanes(const uint8_t *restrict d, Py_ssize_t count, int n, const uint32_t *f,
                                   const uint32_t *c, const uint64_t *xmax, uint32_t *st, uint8_t *w) {
     rans_sym sy[256];
@@ -620,13 +689,33 @@ static uint8_t *rans_encode_lanes(const uint8_t *restrict d, Py_ssize_t count, i
         sy[s].rcp = 0;
 #endif
     }
-    uint32_t x[RANS_LANES];
-    int bad = 0;
+    uint32_t x[RANS_LANES], zero = 0;
     for (int l = 0; l < RANS_LANES; l++) x[l] = RANS_L;
-    if (count > 0)
-        w = n == 14 ? rans_encode_body(d, count, 14, sy, x, w, &bad) : rans_encode_body(d, count, n, sy, x, w, &bad);
+    if (count > 0) {
+        Py_ssize_t i = (count - 1) / RANS_LANES * RANS_LANES;
+        if (count - i < RANS_LANES) { /* the partial last step comes first */
+            w = rans_enc_step(d + i, (int)(count - i), n, sy, x, w, &zero);
+            i -= RANS_LANES;
+        }
+#ifdef RANS_SIMD
+        if (i >= 0 && __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("popcnt")) {
+            rans_simd_tab t;
+            for (int s = 0; s < 256; s++) {
+                t.xm[s] = xmax[s] > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)(xmax[s] - (xmax[s] != 0));
+                t.cf[s] = (1u << n) - f[s];
+                t.c[s] = c[s];
+                t.inv[s] = f[s] ? 1.0 / f[s] * (1.0 + 0x1p-50) : 0.0;
+                t.missing[s] = f[s] == 0;
+            }
+            for (; i >= 0; i -= RANS_LANES) w = rans_enc_step_sse41(d + i, &t, 1u << n, x, w, &zero);
+        }
+#endif
+        for (; i >= 0; i -= RANS_LANES)
+            w = n == 14 ? rans_enc_step(d + i, RANS_LANES, 14, sy, x, w, &zero)
+                        : rans_enc_step(d + i, RANS_LANES, n, sy, x, w, &zero);
+    }
     memcpy(st, x, sizeof x);
-    return bad ? NULL : w;
+    return zero ? NULL : w;
 }
 
 /* rans_encode(data, freqs, scale) -> bytes. freqs: 256 little-endian u32
@@ -686,9 +775,7 @@ done:
     return out;
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
-#define RANS_SIMD 1
+#ifdef RANS_SIMD
 /* shuffle masks that spread the first popcount(m) u16 words of a register
  * into the 32-bit lanes whose bit is set in m (other lanes get zero) */
 static uint8_t rans_spread[16][16];
@@ -850,6 +937,25 @@ done:
     return out;
 }
 
+/* Counts of the byte values of d[::stride] into tot (u32 sub-tables,
+ * flushed before a count could wrap). */
+static void hist_into(const uint8_t *d, Py_ssize_t n, Py_ssize_t stride, uint64_t tot[256]) {
+    uint32_t h[4][256];
+    memset(h, 0, sizeof h);
+    memset(tot, 0, 256 * sizeof(uint64_t));
+    Py_ssize_t i = 0, block = stride * ((Py_ssize_t)1 << 30);
+    while (i < n) {
+        Py_ssize_t end = n - i > block ? i + block : n;
+        if (stride == 1)
+            for (; i + 4 <= end; i += 4) { h[0][d[i]]++; h[1][d[i + 1]]++; h[2][d[i + 2]]++; h[3][d[i + 3]]++; }
+        for (; i < end; i += stride) h[0][d[i]]++;
+        for (int s = 0; s < 256; s++) {
+            tot[s] += (uint64_t)h[0][s] + h[1][s] + h[2][s] + h[3][s];
+            h[0][s] = h[1][s] = h[2][s] = h[3][s] = 0;
+        }
+    }
+}
+
 /* byte_hist(data[, stride]) -> bytes: 256 little-endian u64 counts of the
  * byte values of data[::stride]. */
 static PyObject *byte_hist(PyObject *self, PyObject *args) {
@@ -861,23 +967,9 @@ static PyObject *byte_hist(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "stride must be at least 1");
         return NULL;
     }
-    uint32_t h[4][256]; /* u32 per table: flushed before a count could wrap */
     uint64_t tot[256];
-    memset(h, 0, sizeof h);
-    memset(tot, 0, sizeof tot);
-    const uint8_t *d = db.buf;
-    Py_ssize_t n = db.len, i = 0, block = stride * ((Py_ssize_t)1 << 30);
     Py_BEGIN_ALLOW_THREADS
-    while (i < n) {
-        Py_ssize_t end = n - i > block ? i + block : n;
-        if (stride == 1)
-            for (; i + 4 <= end; i += 4) { h[0][d[i]]++; h[1][d[i + 1]]++; h[2][d[i + 2]]++; h[3][d[i + 3]]++; }
-        for (; i < end; i += stride) h[0][d[i]]++;
-        for (int s = 0; s < 256; s++) {
-            tot[s] += (uint64_t)h[0][s] + h[1][s] + h[2][s] + h[3][s];
-            h[0][s] = h[1][s] = h[2][s] = h[3][s] = 0;
-        }
-    }
+    hist_into(db.buf, db.len, stride, tot);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&db);
     char *o;
@@ -887,12 +979,38 @@ static PyObject *byte_hist(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* order0_bytes(data[, stride]) -> float: the order-0 entropy of
+ * data[::stride], in bytes, scaled to the length of data (an estimate of
+ * what an order-0 coder needs for data). */
+static PyObject *order0_bytes(PyObject *self, PyObject *args) {
+    Py_buffer db;
+    Py_ssize_t stride = 1;
+    if (!PyArg_ParseTuple(args, "y*|n", &db, &stride)) return NULL;
+    if (stride < 1) {
+        PyBuffer_Release(&db);
+        PyErr_SetString(PyExc_ValueError, "stride must be at least 1");
+        return NULL;
+    }
+    uint64_t tot[256], total = 0;
+    double bits = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    hist_into(db.buf, db.len, stride, tot);
+    for (int s = 0; s < 256; s++) total += tot[s];
+    for (int s = 0; s < 256; s++)
+        if (tot[s]) bits += (double)tot[s] * log2((double)total / (double)tot[s]);
+    Py_END_ALLOW_THREADS
+    Py_ssize_t n = db.len;
+    PyBuffer_Release(&db);
+    return PyFloat_FromDouble(total ? bits / 8.0 * (double)n / (double)total : 0.0);
+}
+
 static PyMethodDef methods[] = {
     {"xor_count", xor_count, METH_VARARGS, "xor_count(a, b, itemsize) -> (n_diff, a ^ b or None)"},
     {"cast_bf16", cast_bf16, METH_VARARGS, "cast_bf16(f32, rne) -> bf16 bit patterns"},
     {"fsplit_split", fsplit_split, METH_VARARGS, "fsplit_split(raw, itemsize) -> (top, j, n, planes, x)"},
     {"fsplit_join", fsplit_join, METH_VARARGS, "fsplit_join(j, n, planes, x, top, itemsize[, dest]) -> bytes, True or None"},
     {"planes_split", planes_split, METH_VARARGS, "planes_split(raw, base, itemsize, mode) -> planes"},
+    {"order0_bytes", order0_bytes, METH_VARARGS, "order0_bytes(data[, stride]) -> order-0 entropy in bytes, scaled to len(data)"},
     {"byte_hist", byte_hist, METH_VARARGS, "byte_hist(data[, stride]) -> 256 u64 counts of data[::stride]"},
     {"rans_encode", rans_encode, METH_VARARGS, "rans_encode(data, freqs, scale) -> rANS blob"},
     {"rans_decode", rans_decode, METH_VARARGS, "rans_decode(blob, cap) -> bytes"},
@@ -905,6 +1023,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "One-pass 
 PyMODINIT_FUNC PyInit__native(void) {
 #ifdef RANS_SIMD
     rans_spread_init();
+    rans_pack_init();
 #endif
     return PyModule_Create(&module);
 }

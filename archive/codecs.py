@@ -189,8 +189,8 @@ def encode_chunk(raw, chunk_id: str, *, dtype: str | None = None, level: int | N
     return EncodedChunk(_container(_meta(chunk_id, raw_len, "raw"), {"data": bytes(raw)}), "raw", raw_len)
 
 
-def compress_streams(arrays: dict, level: int) -> tuple[dict[str, bytes], list[str]]:
-    """Store each stream in the smallest of zstd, rANS (archive/rans.py) and raw.
+def compress_streams(arrays: dict, level: int, *, try_rans: bool = True) -> tuple[dict[str, bytes], list[str]]:
+    """Store each stream in the smallest of zstd, rANS (archive/rans.py, unless ``try_rans`` is false) and raw.
 
     Returns:
         (name -> stored bytes, kinds in the same order: ``zstd``, ``rans`` or ``raw``).
@@ -203,7 +203,7 @@ def compress_streams(arrays: dict, level: int) -> tuple[dict[str, bytes], list[s
             streams[name], kind = z, "zstd"
         else:
             streams[name], kind = data, "raw"
-        r = rans.maybe_encode(data, len(streams[name])) if data else None
+        r = rans.maybe_encode(data, len(streams[name])) if data and try_rans else None
         if r is not None:
             streams[name], kind = r, "rans"
         kinds.append(kind)

@@ -109,7 +109,7 @@ def maybe_encode(data, beat: int) -> bytes | None:
     # A sample's empirical entropy is biased low, so this cheap test skips the
     # streams that cannot win (the near-uniform mantissa planes); a wrong skip
     # only costs size, never correctness.
-    if _order0_bytes(histogram(data, SAMPLE_STRIDE), len(data)) + HEAD >= beat:
+    if native.order0_bytes(data, SAMPLE_STRIDE) + HEAD >= beat:
         return None
     counts = histogram(data)
     if _order0_bytes(counts, len(data)) + HEAD + 4 * LANES >= beat:

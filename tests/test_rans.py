@@ -161,3 +161,13 @@ def test_the_encoder_refuses_a_table_that_misses_a_symbol_of_the_data():
         native.rans_encode(data, f.astype("<u4").tobytes(), rans.SCALE)
     with pytest.raises(ValueError, match="sum"):
         native.rans_encode(data, (f * 2).astype("<u4").tobytes(), rans.SCALE)
+
+
+@needs_native
+def test_order0_estimate_matches_the_histogram_entropy():
+    data = skewed(50_000, 40, seed=13)
+    for stride in (1, 16):
+        counts = rans.histogram(data, stride)
+        assert native.order0_bytes(data, stride) == pytest.approx(rans._order0_bytes(counts, len(data)), rel=1e-12)
+    with pytest.raises(ValueError):
+        native.order0_bytes(data, 0)
