@@ -32,6 +32,7 @@ encoder never picks this kind.
 
 from __future__ import annotations
 
+import math
 import struct
 
 from weightvault.archive._lazy import numpy as np
@@ -50,56 +51,58 @@ MIN_LEN = 4096
 SAMPLE_STRIDE = 16
 
 
-def histogram(data, stride: int = 1) -> "np.ndarray":
-    """Counts of the 256 byte values of data[::stride] (int64)."""
+def histogram(data, stride: int = 1) -> list[int]:
+    """Counts of the 256 byte values of data[::stride]."""
     if native is not None:
-        return np.frombuffer(native.byte_hist(data, stride), dtype="<u8").astype(np.int64)
-    return np.bincount(np.frombuffer(data, dtype=np.uint8)[::stride], minlength=256).astype(np.int64)
+        return list(struct.unpack("<256Q", native.byte_hist(data, stride)))
+    return np.bincount(np.frombuffer(data, dtype=np.uint8)[::stride], minlength=256).tolist()
 
 
 def _order0_bytes(counts, n: int) -> float:
     """The order-0 entropy of n symbols distributed like counts, in bytes."""
-    nz = counts[counts > 0]
-    return float((nz * np.log2(nz.sum() / nz)).sum()) / 8 * n / nz.sum()
+    total = sum(counts)
+    return sum(c * math.log2(total / c) for c in counts if c) / 8 * n / total
 
 
-def normalize(counts, scale: int = SCALE) -> "np.ndarray":
+# The encoder side below is plain Python over 256 counts: a snapshot that only
+# needs the C coder never imports numpy (80 ms of CLI start-up).
+def normalize(counts, scale: int = SCALE) -> list[int]:
     """Frequencies summing to 2^scale, >= 1 for every present value, near counts' proportions.
 
     Rounds each proportion, then moves single units where they cost the
     fewest bits, one per symbol per round (deterministic: ties go to the
     lowest byte value).
     """
-    counts = np.asarray(counts, dtype=np.int64)
-    present = counts > 0
-    M = 1 << scale
-    if not present.any() or present.sum() > M:
+    counts = [int(c) for c in counts]
+    total, M = sum(counts), 1 << scale
+    present = [k for k, c in enumerate(counts) if c]
+    if not present or len(present) > M:
         raise ValueError("cannot normalize: no symbols, or more symbols than slots")
-    c = counts.astype(np.float64)
-    f = np.where(present, np.maximum(1, np.rint(c * M / c.sum())), 0).astype(np.int64)
-    diff = M - int(f.sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        while diff:  # one unit to each of the |diff| symbols where it costs least, then again
-            if diff > 0:
-                cost = np.where(present, -c * np.log2((f + 1) / np.maximum(f, 1)), np.inf)
-            else:
-                cost = np.where(f > 1, c * np.log2(f / np.maximum(f - 1, 1)), np.inf)
-            pick = np.argsort(cost, kind="stable")[:abs(diff)]
-            pick = pick[np.isfinite(cost[pick])]
-            f[pick] += 1 if diff > 0 else -1
-            diff = M - int(f.sum())
+    f = [0] * 256
+    for k in present:
+        f[k] = max(1, round(counts[k] * M / total))
+    diff = M - sum(f)
+    while diff:  # one unit to each of the |diff| symbols where it costs least, then again
+        if diff > 0:
+            cost = [(-counts[k] * math.log2((f[k] + 1) / f[k]), k) for k in present]
+        else:
+            cost = [(counts[k] * math.log2(f[k] / (f[k] - 1)), k) for k in present if f[k] > 1]
+        for _, k in sorted(cost)[:abs(diff)]:
+            f[k] += 1 if diff > 0 else -1
+        diff = M - sum(f)
     return f
 
 
-def _header_len(f) -> int:
-    return HEAD + 2 * int((f > 0).sum()) + 4 * LANES
+def freq_table(f) -> bytes:
+    """The frequency argument of native.rans_encode: 256 little-endian u32."""
+    return struct.pack("<256I", *(int(x) for x in f))
 
 
 def estimate(counts, f, scale: int = SCALE) -> int:
     """The blob's size in bytes to within a word per lane (the coded bits + header)."""
-    nz = counts > 0
-    bits = float((counts[nz] * (scale - np.log2(f[nz]))).sum())
-    return _header_len(f) + int(bits / 8) + 2 * LANES
+    bits = sum(c * (scale - math.log2(fk)) for c, fk in zip(counts, f) if c)
+    present = sum(1 for fk in f if fk)
+    return HEAD + 2 * present + 4 * LANES + int(bits / 8) + 2 * LANES
 
 
 def maybe_encode(data, beat: int) -> bytes | None:
@@ -117,7 +120,7 @@ def maybe_encode(data, beat: int) -> bytes | None:
     f = normalize(counts)
     if estimate(counts, f) >= beat:
         return None
-    blob = native.rans_encode(data, f.astype("<u4").tobytes(), SCALE)
+    blob = native.rans_encode(data, freq_table(f), SCALE)
     return blob if len(blob) < beat else None
 
 

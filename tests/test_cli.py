@@ -39,6 +39,32 @@ def test_json_snapshot_and_restore_never_import_rich(tmp_path, toy_model):
     assert (out / "model.safetensors").exists()
 
 
+def test_snapshot_codes_fp32_weights_with_rans_without_importing_numpy(tmp_path):
+    """The rANS encoder's tables are plain Python: a snapshot pays no numpy import (~80 ms per CLI call)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from weightvault.archive.native import native
+
+    if native is None:
+        pytest.skip("built without a C compiler: rANS is not picked")
+    src = tmp_path / "m"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    save_file({"w": (rng.standard_normal((512, 512)) * 0.03).astype(np.float32)}, str(src / "model.safetensors"))
+    store = tmp_path / "s"
+    code = ("import sys; from weightvault.cli import main; "
+            f"a = main(['--store', {str(store)!r}, 'snapshot', {str(src)!r}, '--model', 'm', '--json']); "
+            "print(a, 'numpy' in sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip().splitlines()[-1] == "0 False", r.stderr
+    from weightvault.vault import Vault
+
+    v = Vault.open(store, create=False)
+    kinds = [v.store.chunk_header(i.key.rsplit("/", 1)[-1])[0].meta.get("kinds", "") for i in v.store.list_chunks()]
+    assert any("rans" in k.split(",") for k in kinds)
+
+
 def test_default_store_is_created_on_first_use(tmp_path, toy_model):
     env = {"WEIGHTVAULT_STORE": str(tmp_path / "default"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     r = run("snapshot", toy_model, "--model", "toy", "--json", env=env)
