@@ -36,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import series as series_mod  # noqa: E402
 
 PY = sys.executable
+# lmzip's script sits beside the interpreter when it is pip-installed into an
+# environment that is not activated (python bench/engine.py from a venv).
+LMZ = shutil.which("lmz") or shutil.which("lmz", path=str(Path(PY).parent))
 
 
 @dataclass
@@ -324,16 +327,16 @@ class Lmz(Tool):
     note = "lmzip 1.3 `lmz compress DIR` per version"
 
     def available(self):
-        return None if shutil.which("lmz") else "lmz not installed (pip install lmzip)"
+        return None if LMZ else "lmz not installed (pip install lmzip)"
 
     def noop(self):
-        return run(["lmz", "--version"])
+        return run([LMZ, "--version"])
 
     def ingest(self, v, versions):
-        return run(["lmz", "compress", "-q", "-f", str(v.path), str(self.dir / f"{v.label}.lmz")])
+        return run([LMZ, "compress", "-q", "-f", str(v.path), str(self.dir / f"{v.label}.lmz")])
 
     def restore(self, v, out):
-        return run(["lmz", "decompress", "-q", "-f", str(self.dir / f"{v.label}.lmz"), str(out)])
+        return run([LMZ, "decompress", "-q", "-f", str(self.dir / f"{v.label}.lmz"), str(out)])
 
 
 class LmzAppend(Lmz):
@@ -348,12 +351,12 @@ class LmzAppend(Lmz):
         if not stage.exists():  # members are named by path: give each version its own top folder
             shutil.copytree(v.path, stage / v.label, copy_function=os.link)
         if not arch.exists():
-            return run(["lmz", "compress", "-q", "-f", str(stage), str(arch)])
-        return run(["lmz", "append", "-q", str(arch), str(stage)])
+            return run([LMZ, "compress", "-q", "-f", str(stage), str(arch)])
+        return run([LMZ, "append", "-q", str(arch), str(stage)])
 
     def restore(self, v, out):
         tmp = out.parent / (out.name + ".all")
-        r = run(["lmz", "decompress", "-q", "-f", str(self.dir / "all.lmz"), str(tmp)])
+        r = run([LMZ, "decompress", "-q", "-f", str(self.dir / "all.lmz"), str(tmp)])
         found = [p for p in tmp.rglob(v.label) if p.is_dir()]
         (found[0] if found else tmp).rename(out)
         shutil.rmtree(tmp, ignore_errors=True)
