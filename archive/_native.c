@@ -838,18 +838,10 @@ static int rans_decode_lanes(uint8_t *restrict od, Py_ssize_t count, uint32_t *r
 #endif
     for (; i < count; i += RANS_LANES) {
         int lanes = count - i >= RANS_LANES ? RANS_LANES : (int)(count - i);
-        if (lanes == RANS_LANES) {
-            for (int l = 0; l < RANS_LANES; l++) {
-                uint32_t slot = x[l] & mask, e = tab[slot];
-                od[i + l] = sym[slot];
-                x[l] = (e >> 16) * (x[l] >> n) + (e & 0xFFFF);
-            }
-        } else {
-            for (int l = 0; l < lanes; l++) {
-                uint32_t slot = x[l] & mask, e = tab[slot];
-                od[i + l] = sym[slot];
-                x[l] = (e >> 16) * (x[l] >> n) + (e & 0xFFFF);
-            }
+        for (int l = 0; l < lanes; l++) {
+            uint32_t slot = x[l] & mask, e = tab[slot];
+            od[i + l] = sym[slot];
+            x[l] = (e >> 16) * (x[l] >> n) + (e & 0xFFFF);
         }
         if (pos + lanes <= nwords) {
             for (int l = 0; l < lanes; l++) {

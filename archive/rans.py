@@ -59,7 +59,7 @@ def histogram(data, stride: int = 1) -> list[int]:
 
 
 def _order0_bytes(counts, n: int) -> float:
-    """The order-0 entropy of n symbols distributed like counts, in bytes."""
+    """The order-0 entropy of n symbols distributed like counts, in bytes (native.order0_bytes' reference)."""
     total = sum(counts)
     return sum(c * math.log2(total / c) for c in counts if c) / 8 * n / total
 
@@ -115,8 +115,6 @@ def maybe_encode(data, beat: int) -> bytes | None:
     if native.order0_bytes(data, SAMPLE_STRIDE) + HEAD >= beat:
         return None
     counts = histogram(data)
-    if _order0_bytes(counts, len(data)) + HEAD + 4 * LANES >= beat:
-        return None
     f = normalize(counts)
     if estimate(counts, f) >= beat:
         return None
