@@ -973,7 +973,10 @@ static PyObject *byte_hist(PyObject *self, PyObject *args) {
 
 /* order0_bytes(data[, stride]) -> float: the order-0 entropy of
  * data[::stride], in bytes, scaled to the length of data (an estimate of
- * what an order-0 coder needs for data). */
+ * what an order-0 coder needs for data). The plug-in entropy of N samples
+ * with K distinct values is biased low by about (K - 1) / (2 N ln 2) bits per
+ * symbol; that Miller-Madow term is added, so a near-uniform sample is not
+ * mistaken for a compressible one. */
 static PyObject *order0_bytes(PyObject *self, PyObject *args) {
     Py_buffer db;
     Py_ssize_t stride = 1;
@@ -985,11 +988,16 @@ static PyObject *order0_bytes(PyObject *self, PyObject *args) {
     }
     uint64_t tot[256], total = 0;
     double bits = 0.0;
+    int present = 0;
     Py_BEGIN_ALLOW_THREADS
     hist_into(db.buf, db.len, stride, tot);
     for (int s = 0; s < 256; s++) total += tot[s];
     for (int s = 0; s < 256; s++)
-        if (tot[s]) bits += (double)tot[s] * log2((double)total / (double)tot[s]);
+        if (tot[s]) {
+            bits += (double)tot[s] * log2((double)total / (double)tot[s]);
+            present++;
+        }
+    if (present > 1) bits += (double)(present - 1) / (2.0 * log(2.0));
     Py_END_ALLOW_THREADS
     Py_ssize_t n = db.len;
     PyBuffer_Release(&db);

@@ -59,9 +59,13 @@ def histogram(data, stride: int = 1) -> list[int]:
 
 
 def _order0_bytes(counts, n: int) -> float:
-    """The order-0 entropy of n symbols distributed like counts, in bytes (native.order0_bytes' reference)."""
+    """The order-0 entropy of n symbols distributed like counts, in bytes, with the Miller-Madow
+    correction for a sample's low bias ((K - 1) / (2 ln 2) bits over the sample, K values seen);
+    native.order0_bytes' reference."""
     total = sum(counts)
-    return sum(c * math.log2(total / c) for c in counts if c) / 8 * n / total
+    present = sum(1 for c in counts if c)
+    bits = sum(c * math.log2(total / c) for c in counts if c) + max(present - 1, 0) / (2 * math.log(2))
+    return bits / 8 * n / total
 
 
 # The encoder side below is plain Python over 256 counts: a snapshot that only
@@ -109,10 +113,11 @@ def maybe_encode(data, beat: int) -> bytes | None:
     """A rANS blob of data when it is smaller than ``beat`` bytes (the zstd/raw size), else None."""
     if native is None or len(data) < MIN_LEN:
         return None
-    # A sample's empirical entropy is biased low, so this cheap test skips the
-    # streams that cannot win (the near-uniform mantissa planes); a wrong skip
-    # only costs size, never correctness.
-    if native.order0_bytes(data, SAMPLE_STRIDE) + HEAD >= beat:
+    # A cheap test on a sample (bias-corrected, plus the blob's fixed cost)
+    # skips the streams that cannot win, such as near-uniform mantissa planes,
+    # before the full histogram and the table (measured: 0.25-0.6 ms per 1 MB
+    # stream, much of it Python holding the GIL). A wrong skip only costs size.
+    if native.order0_bytes(data, SAMPLE_STRIDE) + HEAD + 6 * LANES + 2 >= beat:
         return None
     counts = histogram(data)
     f = normalize(counts)

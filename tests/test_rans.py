@@ -171,3 +171,23 @@ def test_order0_estimate_matches_the_histogram_entropy():
         assert native.order0_bytes(data, stride) == pytest.approx(rans._order0_bytes(counts, len(data)), rel=1e-12)
     with pytest.raises(ValueError):
         native.order0_bytes(data, 0)
+
+
+@needs_native
+def test_sample_estimate_is_not_biased_low_on_uniform_bytes():
+    # The plug-in entropy of a 1/16 sample of 1 MiB of uniform bytes falls about
+    # 370 bytes short of the stream's size; corrected, it lands within noise of it.
+    data = np.random.default_rng(17).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    assert abs(native.order0_bytes(data, rans.SAMPLE_STRIDE) - len(data)) < 64
+
+
+@needs_native
+def test_maybe_encode_skips_a_near_uniform_stream_before_the_full_histogram(monkeypatch):
+    def no_histogram(*a):
+        raise AssertionError("full histogram computed for a stream that cannot win")
+
+    monkeypatch.setattr(rans, "histogram", no_histogram)
+    uniform = np.random.default_rng(19).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    assert rans.maybe_encode(uniform, len(uniform)) is None
+    with pytest.raises(AssertionError, match="full histogram"):  # a skewed stream still gets one
+        rans.maybe_encode(skewed(1 << 16, 20, seed=23), 1 << 16)
