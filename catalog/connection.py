@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -31,6 +33,13 @@ def _duckdb():
     import duckdb
 
     return duckdb
+
+
+def _import_quietly() -> None:
+    try:
+        _duckdb()
+    except Exception:  # noqa: BLE001 - the caller's own import reports it, with the hint
+        pass
 
 
 class Catalog:
@@ -88,6 +97,17 @@ class Catalog:
         return con
 
     # -- public ----------------------------------------------------------------
+
+    def prefetch(self) -> None:
+        """Start importing duckdb on a daemon thread, if nothing has yet.
+
+        The import costs about 0.1 s of a CLI snapshot's 0.4-1 s (2-core build
+        machine); started before the chunk work, it runs while that work is in
+        C code (hashing, zstd, rANS) with the GIL released. A second ``import
+        duckdb`` simply waits for the first to finish.
+        """
+        if "duckdb" not in sys.modules:
+            threading.Thread(target=_import_quietly, name="wv-duckdb-import", daemon=True).start()
 
     @contextmanager
     def write(self, *, op: str = "catalog write"):

@@ -116,6 +116,7 @@ class Vault:
             source, kw["files"] = h.folder, list(h.files)
             kw.setdefault("source_info", h.source_info)
         convert = kw.pop("convert_pickle", False)
+        self.catalog.prefetch()  # the catalog's duckdb import overlaps the chunk work
         with self.store.lock.held(shared=True, timeout=self.lock_timeout, op=f"snapshot {model}"):
             if convert:  # pickles -> scanned, weights_only load, safetensors (archive/pickle_convert.py)
                 from weightvault.archive.pickle_convert import converted
