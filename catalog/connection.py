@@ -104,7 +104,9 @@ class Catalog:
         The import costs about 0.1 s of a CLI snapshot's 0.4-1 s (2-core build
         machine); started before the chunk work, it runs while that work is in
         C code (hashing, zstd, rANS) with the GIL released. A second ``import
-        duckdb`` simply waits for the first to finish.
+        duckdb`` simply waits for the first to finish. Measured, medians of 12
+        alternating CLI runs: a fully deduplicated 91 MB version 0.54 -> 0.52 s;
+        a first version, which keeps both cores busy, 0.91 -> 0.90 s.
         """
         if "duckdb" not in sys.modules:
             threading.Thread(target=_import_quietly, name="wv-duckdb-import", daemon=True).start()
