@@ -4,8 +4,9 @@ zstd codes literals with Huffman codes of whole bits, built per 128 KiB block.
 On a byte stream with a skewed, flat-topped distribution that sits measurably
 above the order-0 entropy: fsplit's ``j`` stream of all-MiniLM-L6-v2 takes
 18.72 MB as zstd literals against an order-0 entropy of 18.52 MB. This coder
-stores it in 18.55 MB (14-bit frequencies, tables and lane states included). :func:`codecs.compress_streams` tries it on every stream and keeps it
-only where it stores smaller than zstd; it is a storage choice, never part of
+stores it in 18.55 MB (14-bit frequencies, tables and lane states included).
+:func:`codecs.compress_streams` tries it on every stream and keeps it only
+where it stores smaller than zstd; it is a storage choice, never part of
 a chunk's identity.
 
 Blob layout (little-endian):
@@ -107,11 +108,15 @@ def freq_table(f) -> bytes:
     return struct.pack("<256I", *(int(x) for x in f))
 
 
+def _fixed_bytes(present: int) -> int:
+    """A blob's bytes besides the coded bits: header, frequencies, final states, a last word per lane."""
+    return HEAD + 2 * present + 4 * LANES + 2 * LANES
+
+
 def estimate(counts, f, scale: int = SCALE) -> int:
     """The blob's size in bytes to within a word per lane (the coded bits + header)."""
     bits = sum(c * (scale - math.log2(fk)) for c, fk in zip(counts, f) if c)
-    present = sum(1 for fk in f if fk)
-    return HEAD + 2 * present + 4 * LANES + int(bits / 8) + 2 * LANES
+    return _fixed_bytes(sum(1 for fk in f if fk)) + int(bits / 8)
 
 
 def maybe_encode(data, beat: int) -> bytes | None:
@@ -123,7 +128,7 @@ def maybe_encode(data, beat: int) -> bytes | None:
     # mantissa planes, before the full histogram, the table (0.25-0.6 ms per
     # 1 MB stream, much of it Python holding the GIL) and the coding (2 ms). A
     # wrong skip only costs size.
-    if native.order0_bytes(data, SAMPLE_STRIDE) + HEAD + 6 * LANES + 2 >= beat * (1 - MIN_GAIN):
+    if native.order0_bytes(data, SAMPLE_STRIDE) + _fixed_bytes(1) >= beat * (1 - MIN_GAIN):
         return None
     counts = histogram(data)
     f = normalize(counts)
