@@ -6,10 +6,14 @@ tokens/s vs plain transformers generate on the same model and batches.
 Models: the real all-MiniLM-L6-v2 (encoder, 91 MB fp32) and a GPT-2 built from a config here
 (default 4 layers x 256 wide, MiniLM's 30k vocabulary, ~11M parameters, random weights: no Hub access), saved
 as a sharded safetensors folder. Load times are the median of --repeat warm loads in one process,
-the two loaders alternating (imports excluded for both); peak RSS added by the load (model code imported first, peak reset via
+the two loaders alternating (imports excluded for both); the ratio is the median of the --repeat
+paired ratios (each store load over the folder load just before it), with their spread, so a
+machine whose speed drifts (a busy 2-core VM: from_pretrained ranged 83-159 ms between runs)
+moves both sides of each pair alike; peak RSS added by the load (model code imported first, peak reset via
 /proc/self/clear_refs) is measured in a fresh child process per loader; from_pretrained's figure
 includes the mmap'd safetensors pages it touches. Throughput:
-the same prompts, batch size, max_new_tokens and greedy GenerationConfig for both; the weightvault
+the same prompts, batch size, max_new_tokens and greedy GenerationConfig for both, --repeat rounds
+alternating; the ratio is the median of the paired per-round ratios. The weightvault
 side runs `distill.run` end to end (top-k recording, Parquet writing) minus the recording of the run.
 On CUDA both sides run in bf16 (fp16 without bf16 support); on CPU in fp32.
 """
@@ -26,6 +30,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def paired(ratios: list[float]) -> dict:
+    """The median of paired ratios and their quartiles (the spread a reader should weigh it by)."""
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"ratio": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2]}
 
 
 def median_time(fn, repeat: int) -> float:
@@ -108,7 +118,8 @@ def bench_load(vault, name: str, folder: Path, kind: str, device: str, repeat: i
     t_folder, t_store = statistics.median(folder_times), statistics.median(store_times)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    row = {"model": name, "from_pretrained_s": t_folder, "load_teacher_s": t_store, "ratio": t_store / t_folder}
+    row = {"model": name, "from_pretrained_s": t_folder, "load_teacher_s": t_store,
+           **paired([s / f for s, f in zip(store_times, folder_times)])}
     if device == "cpu":
         archs = json.loads((folder / "config.json").read_text()).get("architectures", [])
         row["rss_store"] = peak_rss("store", f"{name}@1", str(vault.root), archs)
@@ -160,14 +171,14 @@ def bench_generate(vault, name: str, device: str, batch: int, new_tokens: int, n
                 cpu.append(n / (time.process_time() - c0))  # CPU-time tok/s: robust to a busy machine
     return {"model": name, "batch": batch, "new_tokens": new_tokens, "prompts": n_prompts,
             "generate_tok_s": statistics.median(tp), "distill_tok_s": statistics.median(to),
-            "ratio": statistics.median(to) / statistics.median(tp),
-            "cpu_ratio": statistics.median(co) / statistics.median(cp)}
+            **paired([o / p for o, p in zip(to, tp)]),
+            "cpu_ratio": statistics.median(o / p for o, p in zip(co, cp))}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
@@ -185,6 +196,7 @@ def main() -> int:
     from weightvault.teacher import pick_device
     from weightvault.vault import Vault
 
+    transformers.logging.disable_progress_bar()  # from_pretrained's per-load bar would bury the tables
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +212,7 @@ def main() -> int:
               f"{torch.get_num_threads()} threads); torch {torch.__version__}, transformers {transformers.__version__}",
               flush=True)
         print()
-        print("| model | from_pretrained (folder) | load_teacher (store) | ratio (target <= 1.5x) "
+        print("| model | from_pretrained (folder) | load_teacher (store) | ratio (target <= 1.5x) [quartiles] "
               "| peak RSS added: store / folder / params |")
         print("|---|---|---|---|---|", flush=True)
         for name, folder, kind in (("minilm", minilm, "encoder"), ("gpt2-bench", gpt2, "causal")):
@@ -210,16 +222,16 @@ def main() -> int:
                 rss = (f"{r['rss_store']['added_kib'] / 1024:.0f} / {r['rss_folder']['added_kib'] / 1024:.0f} / "
                        f"{r['rss_store']['model_kib'] / 1024:.0f} MiB")
             print(f"| {r['model']} | {r['from_pretrained_s']:.3f} s | {r['load_teacher_s']:.3f} s | {r['ratio']:.2f}x "
-                  f"| {rss} |", flush=True)
+                  f"[{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}] | {rss} |", flush=True)
         print()
         print("| model | batch x new tokens | plain generate | weightvault distill | ratio (target >= 0.90) "
-              "| ratio by CPU time |")
+              "[quartiles] | ratio by CPU time |")
         print("|---|---|---|---|---|---|", flush=True)
         g = bench_generate(vault, "gpt2-bench", device, args.batch, args.new_tokens, args.prompts,
-                           max(args.repeat // 2, 2))
+                           max(args.repeat, 2))
         print(f"| {g['model']} | {g['batch']} x {g['new_tokens']} ({g['prompts']} prompts) "
               f"| {g['generate_tok_s']:.0f} tok/s | {g['distill_tok_s']:.0f} tok/s | {g['ratio']:.2f} "
-              f"| {g['cpu_ratio']:.2f} |", flush=True)
+              f"[{g['ratio_q1']:.2f}-{g['ratio_q3']:.2f}] | {g['cpu_ratio']:.2f} |", flush=True)
     return 0
 
 

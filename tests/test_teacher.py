@@ -199,6 +199,41 @@ def test_sampling_with_a_seed_reproduces_and_drift_is_measured(gpt2_vault, promp
     assert metrics["kl_max"] > 0 and metrics["max_abs_dlogprob"] == pytest.approx(0.5, abs=1e-2)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.3])
+def test_topk_recorded_on_a_spare_core_is_what_the_generating_thread_records(gpt2_vault, monkeypatch,
+                                                                             temperature):
+    """On CPU with a core torch leaves idle, each step's top-k runs on a thread while generate goes
+    on: the columns must be identical to the in-line recording (greedy, and sampling, where a
+    temperature warper runs after the recorder)."""
+    from weightvault import distill_gen
+
+    teacher = load_teacher("tiny-gpt2@1", device="cpu", vault=gpt2_vault)
+    distill_gen.prepare_tokenizer(teacher)
+    s = DistillSettings(max_new_tokens=7, top_k=6, temperature=temperature, seed=3, batch_size=3,
+                        logprob_dtype="float32")
+    cfg = distill_gen.generation_config(teacher, s)
+    cols = {}
+    for spare in (True, False):
+        monkeypatch.setattr(distill_gen, "_spare_core", lambda torch, device, spare=spare: spare)
+        cols[spare] = distill_gen.causal_batch(teacher, PROMPTS[:3], s, cfg, batch_index=1)
+    assert cols[True]["n_tokens"] == cols[False]["n_tokens"] > 0
+    for key in ("completion_ids", "topk_ids", "topk_logprobs"):
+        for a, b in zip(cols[True][key], cols[False][key]):
+            assert np.array_equal(a, b), key
+    assert cols[True]["text"] == cols[False]["text"]
+
+
+def test_spare_core_only_on_a_cpu_that_torch_leaves_room_on(monkeypatch):
+    from weightvault import distill_gen
+
+    monkeypatch.setattr(distill_gen.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert distill_gen._spare_core(torch, torch.device("cpu"))
+    assert not distill_gen._spare_core(torch, torch.device("cuda", 0))  # device work is asynchronous already
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert not distill_gen._spare_core(torch, torch.device("cpu"))
+
+
 def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, prompts_file, tmp_path):
     calls = []
 
