@@ -65,6 +65,42 @@ def test_snapshot_codes_fp32_weights_with_rans_without_importing_numpy(tmp_path)
     assert any("rans" in k.split(",") for k in kinds)
 
 
+def _on_a_terminal(args, env) -> tuple[int, str]:
+    """Run the real CLI with stdin, stdout and stderr on a pseudo-terminal: (exit code, what it showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "weightvault", *map(str, args)], stdin=slave, stdout=slave,
+                         stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            block = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not block:
+            break
+        shown += block
+    os.close(master)
+    return p.wait(timeout=300), shown.decode(errors="replace")
+
+
+def test_snapshot_and_restore_on_a_terminal_show_progress_and_succeed(tmp_path, toy_model):
+    """Interactive use: stderr is a terminal, so the rich progress bars run (the --json and piped
+    paths above never build them)."""
+    env = dict(os.environ, WEIGHTVAULT_STORE=str(tmp_path / "s"), TERM="xterm", COLUMNS="100")
+    rc, shown = _on_a_terminal(["snapshot", toy_model, "--model", "tty"], env)
+    assert rc == 0 and "internal error" not in shown, shown
+    rc, shown = _on_a_terminal(["restore", "tty@1", tmp_path / "out"], env)
+    assert rc == 0 and "internal error" not in shown, shown
+    rc, shown = _on_a_terminal(["verify", "tty@1"], env)
+    assert rc == 0 and "internal error" not in shown, shown
+    for f in toy_model.rglob("*"):
+        if f.is_file():
+            assert (tmp_path / "out" / f.relative_to(toy_model)).read_bytes() == f.read_bytes()
+
+
 def test_default_store_is_created_on_first_use(tmp_path, toy_model):
     env = {"WEIGHTVAULT_STORE": str(tmp_path / "default"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     r = run("snapshot", toy_model, "--model", "toy", "--json", env=env)

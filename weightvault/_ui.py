@@ -85,7 +85,8 @@ def progress_bar(description: str, *, enabled: bool = True):
 
     A disabled bar (``--json``) never imports rich (33 ms of a snapshot's start-up).
     """
-    if not enabled or not err_console().is_terminal:
+    console = err_console() if enabled else None
+    if console is None or not console.is_terminal:
         yield _NullBar()
         return
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
