@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import errno
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -150,7 +149,7 @@ class LocalBackend(Backend):
     def _write_temp(self, data, *, sync: bool = True) -> Path:
         tmpdir = self.root / self.TMP
         self._mkdir(tmpdir)
-        tmp = tmpdir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        tmp = tmpdir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         try:
             with open(tmp, "xb") as f:
                 faults.point("put")

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import threading
 import time
 
 from weightvault.archive.backend import Backend
-from weightvault.archive.locking import Lock
+from weightvault.archive.locking import Lock, hostname
 
 from weightvault.errors import LockBusyError
 
@@ -61,8 +59,8 @@ class LeaseLock(Lock):
 
     def _record(self, op: str) -> dict:
         now = time.time()
-        return {"host": socket.gethostname(), "pid": os.getpid(), "op": op, "since": now,
-                "expires": now + self.ttl, "token": secrets.token_hex(8)}
+        return {"host": hostname(), "pid": os.getpid(), "op": op, "since": now,
+                "expires": now + self.ttl, "token": os.urandom(8).hex()}
 
     def _read(self, key: str) -> dict | None:
         try:

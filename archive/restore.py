@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +85,7 @@ def restore_file(store: Store, entry: FileEntry, target: Path, *, pool=None, pro
     always be restored again, and the flush cost restore a third of its speed
     (0.15 s of 0.45 s for MiniLM's 91 MB on the build machine).
     """
-    tmp = target.with_name(f".{target.name}.wv-{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{target.name}.wv-{os.urandom(4).hex()}.tmp")
     sha = hashlib.sha256()
     written = 0
     own = pool is None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +103,8 @@ class Store:
         if backend.has("config.json"):
             return cls.open(root)
         root.mkdir(parents=True, exist_ok=True)
+        import uuid  # here only: 5 ms of every CLI call's imports
+
         config = {
             "type": STORE_TYPE, "format": STORE_FORMAT, "id": uuid.uuid4().hex,
             "created_at": now_iso(), "hash": ids.HASH_NAME, "chunk_size": DEFAULT_CHUNK_SIZE,

@@ -39,6 +39,20 @@ def test_json_snapshot_and_restore_never_import_rich(tmp_path, toy_model):
     assert (out / "model.safetensors").exists()
 
 
+def test_restore_imports_no_catalog_and_no_unneeded_stdlib(tmp_path, toy_model):
+    """A restore reads the store only: no catalog modules, no duckdb, and none of socket, uuid,
+    secrets (together 25-35 ms of each CLI call on the bench machine)."""
+    store, out = tmp_path / "s", tmp_path / "out"
+    assert run("--store", store, "snapshot", toy_model, "--model", "t", "--json").returncode == 0
+    code = ("import sys; from weightvault.cli import main; "
+            f"rc = main(['--store', {str(store)!r}, 'restore', 't@1', {str(out)!r}, '--json']); "
+            "mods = ('weightvault.catalog', 'duckdb', 'socket', 'uuid', 'secrets'); "
+            "print(rc, [m for m in mods if m in sys.modules], file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip().splitlines()[-1] == "0 []", r.stderr
+    assert (out / "model.safetensors").exists()
+
+
 def test_snapshot_codes_fp32_weights_with_rans_without_importing_numpy(tmp_path):
     """The rANS encoder's tables are plain Python: a snapshot pays no numpy import (~80 ms per CLI call)."""
     import numpy as np
