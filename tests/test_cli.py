@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,24 @@ def test_snapshot_and_restore_on_a_terminal_show_progress_and_succeed(tmp_path, 
     for f in toy_model.rglob("*"):
         if f.is_file():
             assert (tmp_path / "out" / f.relative_to(toy_model)).read_bytes() == f.read_bytes()
+
+
+def test_human_output_of_log_show_and_catalog_commands(cli, toy_model, store_dir):
+    """The tables and one-line summaries people read (the other tests mostly read --json)."""
+    empty = cli("log")
+    assert empty.rc == 0 and "the store is empty" in empty.out, empty
+    assert cli("snapshot", toy_model, "--model", "toy", "--message", "first cut").rc == 0
+    r = cli("log")
+    assert r.rc == 0 and "toy" in r.out and "versions" in r.out, r
+    r = cli("log", "toy")
+    assert r.rc == 0 and "first cut" in r.out, r
+    r = cli("show", "toy@1", "--tensors")
+    assert r.rc == 0 and "toy@1" in r.out and "model.safetensors" in r.out, r
+    assert all(name in r.out for name in toy_tensors()), r
+    r = cli("catalog", "sync")
+    assert r.rc == 0 and "catalog in step: 0 versions added, 0 dropped" in r.err, r
+    r = cli("catalog", "path")
+    assert r.rc == 0 and Path(r.out.strip()).is_file(), r
 
 
 def test_default_store_is_created_on_first_use(tmp_path, toy_model):

@@ -234,6 +234,17 @@ def test_spare_core_only_on_a_cpu_that_torch_leaves_room_on(monkeypatch):
     assert not distill_gen._spare_core(torch, torch.device("cpu"))
 
 
+def test_distill_and_rerun_human_output(gpt2_vault, prompts_file, tmp_path, cli):
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", tmp_path / "h.parquet",
+            "--max-new-tokens", 4, "--top-k", 3, "--device", "cpu")
+    assert r.rc == 0 and f"{len(PROMPTS)} rows" in r.err and "tok/s" in r.err and "archived as" in r.err, r
+    rows = cli("sql", "SELECT run_id FROM distill_runs", "--json").json()
+    assert len(rows) == 1
+    run_id = rows[0]["run_id"]
+    r = cli("distill", "--rerun", run_id)
+    assert r.rc == 0 and "reproduced identically" in r.out and "exact_match_rate" in r.out, r
+
+
 def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, prompts_file, tmp_path):
     calls = []
 

@@ -88,6 +88,9 @@ def test_repair_reports_exact_losses_quarantines_and_heals(shared, vault, store_
     p.write_bytes(bytes(data))
     dry = cli("repair", "--dry-run", "--json")
     assert dry.rc == 5 and dry.json()["quarantined"] == [] and p.exists()
+    human = cli("repair", "--dry-run")  # what a person reads: each loss, by version, file and tensor
+    assert human.rc == 5 and "would quarantine 1 damaged chunks" in human.out, human
+    assert "lost alpha@1 model.safetensors" in human.out and "encoder.layer.3.weight" in human.out, human
     r = cli("repair", "--json")
     assert r.rc == 5, r
     rep = r.json()
