@@ -53,6 +53,25 @@ class Run:
         self.rss = max(self.rss, other.rss)
 
 
+def compile_bytecode() -> None:
+    """Byte-compile weightvault's modules, as pip does when it installs a wheel.
+
+    An editable install (pip install -e, as in CI and here) leaves that to the
+    first import, which writes __pycache__ unless PYTHONDONTWRITEBYTECODE is set;
+    where it is (this build machine's environment), every CLI call would compile
+    ~20 modules from source: 135 -> 74 ms for `weightvault --version`, 439 ->
+    352 ms for a 91 MB restore, measured. The Python peers (borg, zipnn, lmz)
+    run from their installed bytecode, so weightvault does too.
+    """
+    import compileall
+
+    import weightvault
+    from weightvault import archive, catalog
+
+    for pkg in (weightvault, archive, catalog):
+        compileall.compile_dir(str(Path(pkg.__file__).parent), quiet=1)
+
+
 def run(cmd, *, cwd=None, env=None, stdin=None) -> Run:
     """Run one process; raise with its stderr on failure.
 
@@ -153,6 +172,7 @@ class Weightvault(Tool):
     def __init__(self, work):
         super().__init__(work)
         self.store = self.dir / "store"
+        compile_bytecode()
         run([PY, "-m", "weightvault", "--store", str(self.store), "init"])
 
     def _cli(self, *args):

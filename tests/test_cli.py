@@ -28,6 +28,31 @@ def test_help_does_not_import_heavy_modules():
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("argv", [
+    ["restore", "m@1", "out", "--file", "config.json", "--json"],
+    ["--store", "s", "--lock-timeout", "3", "snapshot", "folder", "--model", "m", "--tag", "a", "--tag", "b"],
+    ["--store=s", "catalog", "sync", "--json"],
+    ["--endpoint", "http://127.0.0.1:1", "dataset", "add", "wiki", "--source-uri", "u", "--json"],
+    ["distill", "--rerun", "r1", "--json"],
+])
+def test_the_one_command_parser_parses_like_the_full_one(argv):
+    """A CLI call builds only the parser of the command it runs; what it parses must not change."""
+    from weightvault.cli import build_parser
+
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_anything_but_a_command_gets_the_full_parser(capsys):
+    from weightvault.cli import _command_in, main
+
+    assert _command_in(["--store", "s", "log"]) == "log" and _command_in(["--store=s", "log"]) == "log"
+    assert _command_in(["--help"]) is None and _command_in(["--sto", "s", "log"]) is None  # abbreviation
+    with pytest.raises(SystemExit):
+        main(["restre"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'restre'" in err and "'restore'" in err and "'distill'" in err
+
+
 def test_json_snapshot_and_restore_never_import_rich(tmp_path, toy_model):
     """Scripts pay no terminal UI: --json output and disabled progress bars stay off rich (~33 ms)."""
     store, out = tmp_path / "s", tmp_path / "out"
