@@ -28,6 +28,7 @@ def hostname() -> str:
 
         return socket.gethostname()
 
+
 DEFAULT_TIMEOUT = float(os.environ.get("WEIGHTVAULT_LOCK_TIMEOUT", "600"))
 # A record older than this is stale even when its pid cannot be checked (another host):
 # no weightvault operation waits for or holds a catalog lock this long.
