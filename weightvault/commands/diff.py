@@ -42,6 +42,7 @@ def run_diff(v, args) -> dict:
         from weightvault.diff_behaviour import load_prompts
 
         prompts = load_prompts(args.prompts)  # bad input fails before any work
+    v.resolve(args.a), v.resolve(args.b)  # an unknown version fails before a progress bar appears
     with progress_bar(f"diff {args.a} {args.b}", enabled=not args.json) as bar:
         wd = diff_weights(v, args.a, args.b, progress=bar)
     d = wd.to_dict()
