@@ -269,3 +269,11 @@ def test_demo_runs_on_the_real_model(tmp_path, minilm_dir):
     assert second["new_raw_bytes"] < first["raw_bytes"] / 4  # only layers 4-5 changed
     assert rep["du"]["total"]["stored_bytes"] < rep["du"]["total"]["raw_bytes"]
     assert [row["version"] for row in rep["query"]["rows"]] == ["1", "2"]
+
+
+def test_demo_as_a_person_runs_it_on_a_terminal(tmp_path, minilm_dir):
+    """README's first command, interactive: progress bars, tables, and the verdict line."""
+    env = dict(os.environ, WEIGHTVAULT_STORE=str(tmp_path / "demo"), TERM="xterm", COLUMNS="120")
+    rc, shown = _on_a_terminal(["demo"], env)
+    assert rc == 0 and "internal error" not in shown, shown
+    assert "bit-exact against" in shown and "yes" in shown.split("bit-exact against", 1)[1], shown
