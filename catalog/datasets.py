@@ -188,8 +188,9 @@ def count_rows(path: Path) -> int | None:
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rb") as f:
             return sum(1 for line in f if line.strip())
-    import duckdb
+    from weightvault.catalog.connection import duckdb_module
 
+    duckdb = duckdb_module()
     reader = "read_parquet(?)" if name.endswith(".parquet") else "read_csv(?, header = true)"
     try:
         with duckdb.connect() as con:

@@ -21,7 +21,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 def applied(con) -> dict[int, str]:
-    con.execute(BOOKKEEPING)
+    """Migrations the catalog records (none when it has no bookkeeping table yet).
+
+    Only reads, so it works on a read-only connection: that is how every
+    catalog read checks it is current before it answers.
+    """
+    has_table = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'schema_migrations'").fetchone()[0]
+    if not has_table:
+        return {}
     return dict(con.execute("SELECT id, name FROM schema_migrations").fetchall())
 
 
@@ -40,7 +49,10 @@ def pending(con) -> list[tuple[int, str, str]]:
 def migrate(con) -> list[str]:
     """Apply pending migrations; return the names applied."""
     names = []
-    for n, name, sql in pending(con):
+    todo = pending(con)
+    if todo:
+        con.execute(BOOKKEEPING)
+    for n, name, sql in todo:
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(sql)

@@ -176,3 +176,63 @@ def test_catalog_is_read_only_through_sql(vault, toy_model, cli):
     assert r.rc != 0
     _, rows = vault.sql("SELECT count(*) FROM versions")
     assert rows == [(1,)]
+
+
+ENGINE_ONLY = r"""
+import json, sys
+{first}
+from weightvault.vault import Vault
+from weightvault.errors import QueryError
+sys.path.insert(0, {tests!r})
+from conftest import toy_tensors, write_model
+v = Vault.init({store!r})
+write_model(__import__("pathlib").Path({src!r}), toy_tensors(seed=5))
+v.snapshot({src!r}, "alpha", message="one")
+cols, rows = v.sql("SELECT model, version, message FROM versions")
+try:
+    v.sql("SELEC nonsense")
+    err = None
+except QueryError as e:
+    err = str(e)
+print(json.dumps({{"rows": rows, "cols": cols, "err": err, "package": "duckdb" in sys.modules,
+                  "engine": "_duckdb" in sys.modules}}))
+"""
+
+
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_catalog_runs_on_the_engine_module_alone_or_on_the_package(tmp_path, preloaded):
+    """A process that never imported the duckdb package writes and queries the catalog through the
+    extension alone (the package's Python layer costs ~150 ms a call); one that did uses the package.
+    Both give the same rows, and a bad query is a QueryError either way."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ENGINE_ONLY.format(first="import duckdb" if preloaded else "", tests=str(Path(__file__).parent),
+                              store=str(tmp_path / "s"), src=str(tmp_path / "m"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["rows"] == [["alpha", "1", "one"]] and got["cols"] == ["model", "version", "message"]
+    assert got["err"] and got["err"].startswith("SQL error:")
+    assert got["package"] is preloaded
+    if not preloaded:
+        assert got["engine"]
+    # the file it wrote is an ordinary DuckDB catalog
+    with duckdb.connect(str(tmp_path / "s" / "catalog.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM versions").fetchone()[0] == 1
+
+
+def test_reads_share_the_catalog_with_a_duckdb_shell(vault, tmp_path, cli):
+    """A catalog in step with the store is read without any write: `weightvault sql` and `log` answer while
+    another process (a duckdb shell, here this test) has the file open read-only, which DuckDB allows only
+    to other readers. (They used to open it read-write every time, and waited out the lock.)"""
+    _family(vault, tmp_path)
+    before = vault.catalog.path.stat().st_mtime_ns
+    with duckdb.connect(str(vault.catalog.path), read_only=True) as shell:
+        r = cli("--lock-timeout", "2", "sql", "--json", "SELECT model, version FROM versions ORDER BY 1, 2")
+        assert r.rc == 0, r
+        assert [tuple(x.values()) for x in r.json()] == [("alpha", "1"), ("alpha", "2"), ("org/beta", "1")]
+        assert cli("--lock-timeout", "2", "log", "alpha").rc == 0
+        assert shell.execute("SELECT count(*) FROM versions").fetchone()[0] == 3
+    assert vault.catalog.path.stat().st_mtime_ns == before

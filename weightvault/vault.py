@@ -206,12 +206,12 @@ class Vault:
 
     def sql(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
         """Run SQL on the catalog (read-only); returns (column names, rows)."""
-        import duckdb
+        from weightvault.catalog.connection import duckdb_module
 
         with self.catalog.read() as con:
             try:
                 cur = con.execute(query, params or [])
-            except duckdb.Error as e:
+            except duckdb_module().Error as e:
                 raise QueryError(f"SQL error: {str(e).splitlines()[0]}") from None
             if cur.description is None:
                 return [], []
