@@ -86,9 +86,11 @@ def add_snapshot_options(p) -> None:
 
 def snapshot_extras(v, args) -> dict:
     """Keyword arguments for Vault.snapshot from the provenance options (checked before anything is written)."""
+    kw = {}
+    if not (getattr(args, "base_model", None) or getattr(args, "dataset", None)):
+        return kw  # most snapshots: no need to import the provenance layer (~10 ms)
     from weightvault import provenance as pv
 
-    kw = {}
     if getattr(args, "base_model", None):
         kw["lineage"] = (pv.lineage_edge(v, args.base_model, args.relation),)
     if getattr(args, "dataset", None):
