@@ -26,12 +26,13 @@ def applied(con) -> dict[int, str]:
     Only reads, so it works on a read-only connection: that is how every
     catalog read checks it is current before it answers.
     """
-    has_table = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = 'main' AND table_name = 'schema_migrations'").fetchone()[0]
-    if not has_table:
+    from weightvault.catalog.connection import duckdb_module
+
+    try:  # asking duckdb_tables() first costs ~17 ms more as a connection's first statement
+        rows = con.execute("SELECT id, name FROM schema_migrations").fetchall()
+    except duckdb_module().CatalogException:  # no such table: a new catalog
         return {}
-    return dict(con.execute("SELECT id, name FROM schema_migrations").fetchall())
+    return dict(rows)
 
 
 def pending(con) -> list[tuple[int, str, str]]:
