@@ -46,7 +46,7 @@ def duckdb_module():
             import _duckdb as mod
         except ImportError:
             mod = None
-        if mod is None or not all(hasattr(mod, a) for a in ("connect", "Error", "IOException")):
+        if mod is None or not all(hasattr(mod, a) for a in ("connect", "Error", "IOException", "CatalogException")):
             import duckdb as mod
     return mod
 
