@@ -53,16 +53,56 @@ def test_anything_but_a_command_gets_the_full_parser(capsys):
     assert "invalid choice: 'restre'" in err and "'restore'" in err and "'distill'" in err
 
 
-def test_json_snapshot_and_restore_never_import_rich(tmp_path, toy_model):
-    """Scripts pay no terminal UI: --json output and disabled progress bars stay off rich (~33 ms)."""
+@pytest.mark.parametrize("json_flag", [["--json"], []], ids=["json", "piped"])
+def test_scripted_snapshot_and_restore_never_import_rich(tmp_path, toy_model, json_flag):
+    """Scripts pay no terminal UI: --json output, and human output into a pipe, stay off rich (~40 ms)."""
     store, out = tmp_path / "s", tmp_path / "out"
     code = ("import sys; from weightvault.cli import main; "
-            f"a = main(['--store', {str(store)!r}, 'snapshot', {str(toy_model)!r}, '--model', 't', '--json']); "
-            f"b = main(['--store', {str(store)!r}, 'restore', 't@1', {str(out)!r}, '--json']); "
+            f"a = main(['--store', {str(store)!r}, 'snapshot', {str(toy_model)!r}, '--model', 't', *{json_flag!r}]); "
+            f"b = main(['--store', {str(store)!r}, 'restore', 't@1', {str(out)!r}, *{json_flag!r}]); "
             "print(a, b, 'rich' in sys.modules, file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.stderr.strip().splitlines()[-1] == "0 0 False", r.stderr
     assert (out / "model.safetensors").exists()
+    if not json_flag:  # the same lines rich printed, markup stripped
+        assert r.stdout.startswith("t@1 archived: ") and "\n  manifest " in r.stdout, r.stdout
+        assert r.stderr.startswith("restored ") and "(every file sha256-verified)" in r.stderr, r.stderr
+
+
+MARKUP_SAMPLES = ["plain", "[bold red]error:[/] x", "pip install 'weightvault[teacher]'", "a [0] b [WIP] c",
+                  "\\[bold]escaped", "\\\\[bold]two backslashes", "\\\\\\[dim]three[/]", "[#ff0000]hex[/] [@click]x[/]",
+                  "nested [a [b] c]", "C:\\path\\[x]", "[link=https://x.y/z]l[/link] end", "[]", "[/]"]
+
+
+@pytest.mark.parametrize("text", MARKUP_SAMPLES)
+def test_plain_console_prints_what_rich_prints(text):
+    """Off a terminal the CLI writes lines itself (weightvault/_ui.py); they must read as rich's would."""
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape as rich_escape
+
+    from weightvault._ui import escape, strip_markup
+
+    def rich_plain(markup):
+        buf = io.StringIO()
+        Console(file=buf, width=10_000, highlight=False, emoji=False, color_system=None).print(markup)
+        return buf.getvalue()[:-1]
+
+    try:
+        expected = rich_plain(text)
+    except Exception:  # noqa: BLE001 - rich rejects it (a closing tag with nothing open): escape() matters
+        expected = None
+    if expected is not None:
+        assert strip_markup(text) == expected
+    assert escape(text) == rich_escape(text)
+    assert strip_markup(escape(text)) == text == rich_plain(escape(text))
+
+
+def test_messages_and_warnings_keep_their_brackets(cli, toy_model):
+    """A version message is data: "[bold]" in it is shown, not taken as markup."""
+    assert cli("snapshot", toy_model, "--model", "m", "--message", "fix [bold] and [red]x[/]").rc == 0
+    assert "fix [bold] and [red]x[/]" in cli("log", "m").out
 
 
 def test_restore_imports_no_catalog_and_no_unneeded_stdlib(tmp_path, toy_model):

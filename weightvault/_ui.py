@@ -3,28 +3,93 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from contextlib import contextmanager
 
 _err = None
 _out = None
 
+# A markup tag as rich reads it, with the backslashes before it: "[bold red]", "[/]", "\\[x]" (escaped).
+_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?\])")
+# Environment variables that make rich style output that is not a terminal.
+_FORCE_STYLE = ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE")
+
+
+def escape(text: str) -> str:
+    """Quote ``text`` for a console's ``print``: brackets that look like markup stay literal."""
+    return _TAG.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+
+
+def strip_markup(text: str) -> str:
+    """The plain text a console prints for ``text`` (tags dropped, escaped brackets kept)."""
+
+    def plain(m):
+        backslashes, escaped = divmod(len(m.group(1)), 2)
+        return "\\" * backslashes + (m.group(2) if escaped else "")
+
+    return _TAG.sub(plain, text)
+
+
+class PlainConsole:
+    """The console of a stream that is not a terminal: plain lines, no rich.
+
+    Importing rich.console costs ~40 ms of every command (2-core build
+    machine), and scripts, pipes and CI never see its styling: rich drops it
+    off a terminal anyway. Strings are written unwrapped with their markup
+    stripped; anything else (a table, a tree) goes through rich as before.
+    """
+
+    is_terminal = False
+
+    def __init__(self, stderr: bool):
+        self.stderr = stderr
+
+    @property
+    def file(self):
+        return sys.stderr if self.stderr else sys.stdout
+
+    def print(self, *objects, markup: bool = True, end: str = "\n", **kw) -> None:
+        if not all(isinstance(o, str) for o in objects):
+            from rich.console import Console
+
+            Console(file=self.file, highlight=False).print(*objects, markup=markup, end=end, **kw)
+            return
+        text = " ".join(objects)
+        self.file.write((strip_markup(text) if markup else text) + end)
+
+
+def _is_terminal(stream) -> bool:
+    if any(os.environ.get(k) for k in _FORCE_STYLE):
+        return True  # rich decides
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
 
 def err_console():
     global _err
     if _err is None:
-        from rich.console import Console
+        if not _is_terminal(sys.stderr):
+            _err = PlainConsole(stderr=True)
+        else:
+            from rich.console import Console
 
-        _err = Console(stderr=True, highlight=False)
+            _err = Console(stderr=True, highlight=False)
     return _err
 
 
 def out_console():
     global _out
     if _out is None:
-        from rich.console import Console
+        if not _is_terminal(sys.stdout):
+            _out = PlainConsole(stderr=False)
+        else:
+            from rich.console import Console
 
-        _out = Console(highlight=False)
+            _out = Console(highlight=False)
     return _out
 
 
@@ -55,7 +120,7 @@ def table(columns, rows, title: str | None = None):
     for c in columns:
         t.add_column(str(c))
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*("" if v is None else escape(str(v)) for v in r))  # cells are data, not markup
     return t
 
 

@@ -123,15 +123,13 @@ def open_vault(args, *, create: bool = True):
 
 class _WarningHandler(logging.Handler):
     def emit(self, record):
-        from weightvault._ui import err_console
+        from weightvault._ui import err_console, escape
 
-        err_console().print(f"[yellow]warning:[/] {record.getMessage()}")
+        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", soft_wrap=True)
 
 
 def _report(err) -> int:
-    from rich.markup import escape
-
-    from weightvault._ui import err_console
+    from weightvault._ui import err_console, escape
 
     # escape: messages carry brackets ("pip install 'weightvault[teacher]'") that are not markup
     line = f"[bold red]error:[/] {escape(str(err))}"
