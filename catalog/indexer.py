@@ -33,7 +33,8 @@ EVENT_INDEXERS: dict = {}
 # fn(con, store), run at the end of every sync (backfill rows for versions indexed before a migration).
 SYNC_HOOKS: list = []
 # Modules that register indexers; imported once by load_plugins().
-PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.distill", "weightvault.catalog.derivations"]
+PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.catalog.distill_runs",
+                      "weightvault.catalog.derivations"]
 _loaded = False
 
 

@@ -119,6 +119,19 @@ def test_restore_imports_no_catalog_and_no_unneeded_stdlib(tmp_path, toy_model):
     assert (out / "model.safetensors").exists()
 
 
+def test_snapshot_catalog_write_imports_no_distillation_or_resource_machinery(tmp_path, toy_model):
+    """A snapshot's catalog sync loads every indexer: those must not pull in what a distillation run
+    needs (tempfile, secrets) or importlib.resources (together ~15 ms of each snapshot)."""
+    store = tmp_path / "s"
+    code = ("import sys; from weightvault.cli import main; "
+            f"rc = main(['--store', {str(store)!r}, 'snapshot', {str(toy_model)!r}, '--model', 't', '--json']); "
+            "from weightvault.vault import Vault; n = len(Vault.open(sys.argv[1]).sql('FROM distill_runs')[1]); "
+            "mods = ('weightvault.distill', 'tempfile', 'secrets', 'importlib.resources'); "
+            "print(rc, n, [m for m in mods if m in sys.modules], file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip().splitlines()[-1] == "0 0 []", r.stderr
+
+
 def test_snapshot_codes_fp32_weights_with_rans_without_importing_numpy(tmp_path):
     """The rANS encoder's tables are plain Python: a snapshot pays no numpy import (~80 ms per CLI call)."""
     import numpy as np

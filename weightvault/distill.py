@@ -28,6 +28,7 @@ from pathlib import Path
 
 from weightvault.archive import ids
 from weightvault.archive.ids import file_sha256
+from weightvault.catalog.distill_runs import EVENT_TYPE  # the event the catalog indexes
 from weightvault.distill_gen import DistillSettings
 from weightvault.errors import (
     DistillRunNotFoundError,
@@ -36,7 +37,6 @@ from weightvault.errors import (
     UsageError,
 )
 
-EVENT_TYPE = "distill_run"
 DATA_MODEL = "distill-runs"  # one model; each run is a version named by its run_id
 
 
@@ -299,31 +299,3 @@ def lineage_edge(vault, run_id: str) -> dict:
     settings = dict(p["settings"], device=p["device"], dtype=p["dtype"])
     return {"relation": "distilled", "base": p["teacher"]["manifest_id"], "run_id": run_id,
             "prompt_set_hash": p["prompts"]["hash"], "settings": settings}
-
-
-# -- catalog -----------------------------------------------------------------------
-
-
-def index_distill_run(con, event_id: str, event: dict) -> None:
-    """EVENT_INDEXERS hook: one ``distill_runs`` row per ``distill_run`` event."""
-    p = event["payload"]
-    s, out, v = p.get("settings", {}), p.get("output", {}), p.get("versions", {})
-    con.execute(
-        "INSERT INTO distill_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        [p["run_id"], event_id, event["at"], p["teacher"]["manifest_id"], p["teacher"].get("ref"),
-         p["teacher"].get("kind"), p["prompts"]["hash"], p["prompts"]["count"], p["prompts"].get("name"),
-         s.get("max_new_tokens"), s.get("top_k"), s.get("temperature"), s.get("seed"), s.get("batch_size"),
-         p.get("device"), p.get("dtype"), v.get("torch"), v.get("transformers"), v.get("weightvault"),
-         out.get("sha256"), out.get("rows"), out.get("tokens"), out.get("complete"), out.get("path"),
-         p.get("data", {}).get("manifest_id"), json.dumps(s), p.get("seconds")],
-    )
-
-
-def _register() -> None:
-    from weightvault.catalog import indexer
-
-    indexer.EVENT_INDEXERS[EVENT_TYPE] = index_distill_run
-
-
-_register()
