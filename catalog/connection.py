@@ -98,19 +98,28 @@ class Catalog:
                     self.path, str(err).split("\n")[0])
 
     def _open_rw(self):
+        """A read-write connection and the migrations it lacks. Checking them reads the file, so
+        damage shows up here: the catalog is moved aside once and recreated from the store."""
         duckdb = duckdb_module()
-        try:
-            con = self._connect(read_only=False)
-        except duckdb.Error as e:
-            self._quarantine(e)
-            return self._connect(read_only=False)
-        try:
-            migrations.pending(con)  # touches the file: damage shows up here
-        except duckdb.Error as e:
-            con.close()
-            self._quarantine(e)
-            return self._connect(read_only=False)
-        return con
+        for retry in (False, True):
+            try:
+                con = self._connect(read_only=False)
+            except duckdb.Error as e:
+                if retry:
+                    raise
+                self._quarantine(e)
+                continue
+            try:
+                return con, migrations.pending(con)
+            except duckdb.Error as e:
+                con.close()
+                if retry:
+                    raise
+                self._quarantine(e)
+            except BaseException:  # a catalog from a newer release: refused, not moved aside
+                con.close()
+                raise
+        raise AssertionError("unreachable")
 
     # -- public ----------------------------------------------------------------
 
@@ -131,9 +140,9 @@ class Catalog:
     def write(self, *, op: str = "catalog write"):
         """An exclusive read-write connection, migrated and synced; checkpointed on exit."""
         with self.lock.held(shared=False, timeout=self.lock_timeout, op=op):
-            con = self._open_rw()
+            con, todo = self._open_rw()
             try:
-                migrations.migrate(con)
+                migrations.migrate(con, todo)
                 yield con
                 faults.point("catalog.checkpoint")
                 con.execute("CHECKPOINT")

@@ -47,10 +47,10 @@ def pending(con) -> list[tuple[int, str, str]]:
     return [(n, name, sql) for n, name, sql in known if n not in done]
 
 
-def migrate(con) -> list[str]:
-    """Apply pending migrations; return the names applied."""
+def migrate(con, todo: list[tuple[int, str, str]] | None = None) -> list[str]:
+    """Apply pending migrations (``todo``: what :func:`pending` just returned on ``con``); return the names applied."""
     names = []
-    todo = pending(con)
+    todo = pending(con) if todo is None else todo
     if todo:
         con.execute(BOOKKEEPING)
     for n, name, sql in todo:
