@@ -100,26 +100,19 @@ class Catalog:
     def _open_rw(self):
         """A read-write connection and the migrations it lacks. Checking them reads the file, so
         damage shows up here: the catalog is moved aside once and recreated from the store."""
-        duckdb = duckdb_module()
-        for retry in (False, True):
-            try:
-                con = self._connect(read_only=False)
-            except duckdb.Error as e:
-                if retry:
-                    raise
-                self._quarantine(e)
-                continue
-            try:
-                return con, migrations.pending(con)
-            except duckdb.Error as e:
-                con.close()
-                if retry:
-                    raise
-                self._quarantine(e)
-            except BaseException:  # a catalog from a newer release: refused, not moved aside
-                con.close()
-                raise
-        raise AssertionError("unreachable")
+        try:
+            return self._open_checked()
+        except duckdb_module().Error as e:
+            self._quarantine(e)
+            return self._open_checked()
+
+    def _open_checked(self):
+        con = self._connect(read_only=False)
+        try:
+            return con, migrations.pending(con)
+        except BaseException:  # damaged, or written by a newer release (refused, not moved aside)
+            con.close()
+            raise
 
     # -- public ----------------------------------------------------------------
 

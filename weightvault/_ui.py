@@ -69,27 +69,25 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def _console(stderr: bool):
+    if not _is_terminal(sys.stderr if stderr else sys.stdout):
+        return PlainConsole(stderr=stderr)
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
 def err_console():
     global _err
     if _err is None:
-        if not _is_terminal(sys.stderr):
-            _err = PlainConsole(stderr=True)
-        else:
-            from rich.console import Console
-
-            _err = Console(stderr=True, highlight=False)
+        _err = _console(stderr=True)
     return _err
 
 
 def out_console():
     global _out
     if _out is None:
-        if not _is_terminal(sys.stdout):
-            _out = PlainConsole(stderr=False)
-        else:
-            from rich.console import Console
-
-            _out = Console(highlight=False)
+        _out = _console(stderr=False)
     return _out
 
 
