@@ -143,11 +143,23 @@ class SeaweedServer:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
 
+    def sockets(self) -> list[Path]:
+        """The unix sockets weed makes beside its ports: always under /tmp (hard-coded in weed)."""
+        names = {"master-grpc": "master_g", "volume-grpc": "volume_g", "filer": "filer",
+                 "filer-grpc": "filer_g", "s3": "s3", "s3-grpc": "s3_g"}
+        return [Path(f"/tmp/seaweedfs-{name}-{self.ports[port]}.sock") for name, port in names.items()]
+
+    def _remove_sockets(self) -> None:
+        # weed leaves them behind when killed (and often when stopped): one per run piles up in /tmp
+        for sock in self.sockets():
+            sock.unlink(missing_ok=True)
+
     def kill(self) -> None:
         """SIGKILL the whole process group (a crash, not a shutdown)."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._remove_sockets()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -156,6 +168,7 @@ class SeaweedServer:
                 self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._remove_sockets()
 
 
 def _require_s3():

@@ -301,6 +301,7 @@ def test_server_killed_mid_snapshot_loses_nothing_and_the_rerun_succeeds(tmp_pat
         assert v.verify().ok
     finally:
         srv.stop()
+    assert not [s for s in srv.sockets() if s.exists()]  # the fixture cleans up what weed leaves in /tmp
 
 
 def test_sequential_restore_reads_whole_runs_of_chunks_per_get(s3_store_url, tmp_path):
