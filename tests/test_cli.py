@@ -330,3 +330,23 @@ def test_demo_as_a_person_runs_it_on_a_terminal(tmp_path, minilm_dir):
     rc, shown = _on_a_terminal(["demo"], env)
     assert rc == 0 and "internal error" not in shown, shown
     assert "bit-exact against" in shown and "yes" in shown.split("bit-exact against", 1)[1], shown
+
+
+def test_the_command_raises_the_young_gc_threshold_but_the_library_does_not():
+    """weightvault._process.tune (run by main) raises gen0 to GC_GEN0; importing the library does not."""
+    code = (
+        "import gc\n"
+        "default = gc.get_threshold()\n"
+        "import weightvault.cli, weightvault.vault\n"
+        "assert gc.get_threshold() == default, 'importing the library changed the gc thresholds'\n"
+        "from weightvault import _process\n"
+        "_process.tune()\n"
+        "print(default[0], gc.get_threshold()[0], _process.GC_GEN0)\n"
+        "gc.set_threshold(0)\n"
+        "_process.tune()\n"
+        "print(gc.get_threshold()[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    default, cli, gen0, off = map(int, out)
+    assert cli == max(default, gen0) >= 10_000
+    assert off == 0  # collection turned off by the embedding program stays off
