@@ -24,6 +24,7 @@ from weightvault.errors import (
     DiskFullError,
     FileDigestMismatchError,
     FileNotInVersionError,
+    InvalidInputError,
     TensorNotFoundError,
 )
 
@@ -177,6 +178,9 @@ def restore(
     else:
         entries = list(manifest.files)
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"{dest} is a file, not a folder",
+                                hint="restore into a folder (it is created if missing)")
     dest.mkdir(parents=True, exist_ok=True)
     targets = [(e, paths.safe_target(dest, e.path)) for e in entries]
     if not force:

@@ -115,6 +115,17 @@ def test_restore_does_not_follow_a_symlinked_folder(vault, tmp_path):
     assert not (tmp_path / "elsewhere" / "x.txt").exists()
 
 
+def test_restore_onto_a_file_names_it_and_leaves_it_alone(vault, toy_model, tmp_path, cli):
+    vault.snapshot(toy_model, "toy")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    r = cli("restore", "toy@1", target)
+    assert r.rc != 0 and "Traceback" not in r.err, r
+    assert len(r.err.strip().splitlines()) == 1
+    assert f"{target} is a file, not a folder" in r.err and "restore into a folder" in r.err
+    assert target.read_text() == "keep me"
+
+
 def test_unknown_store_format_is_refused(tmp_path, cli):
     from weightvault.vault import Vault
 
