@@ -181,3 +181,18 @@ def test_zero_size_tensor_and_empty_file_round_trip(vault, tmp_path):
     vault.restore("m@1", tmp_path / "o")
     assert (tmp_path / "o" / "empty.txt").read_bytes() == b""
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("where,hint", [
+    ("file", "a file is where a folder is needed"),   # EEXIST: mkdir over a file
+    ("under-file", "part of the path is a file"),      # ENOTDIR
+])
+def test_an_os_error_on_a_path_is_one_line_with_a_hint_for_its_cause(where, hint, vault, tmp_path, cli):
+    vault.snapshot(write_model(tmp_path / "m", toy_tensors()), "m")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    target = f if where == "file" else f / "sub"
+    r = cli("catalog", "export", target)
+    assert r.rc != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert str(target) in r.err and hint in r.err, r
+    assert f.read_text() == "x"

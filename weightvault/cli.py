@@ -182,8 +182,12 @@ def main(argv=None) -> int:
             return _report(DiskFullError(e.filename or "the store"))
         from weightvault.errors import WeightvaultError as W
 
+        hints = {errno.EEXIST: "a file is where a folder is needed, or the name is taken: pick another path",
+                 errno.ENOTDIR: "part of the path is a file, not a folder: pick another path",
+                 errno.EACCES: "check the path's permissions", errno.EPERM: "check the path's permissions",
+                 errno.EROFS: "the file system is read-only: pick a writable path"}
         return _report(W(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "),
-                         hint="check the path and its permissions"))
+                         hint=hints.get(e.errno, "check the path and its permissions")))
     except Exception as e:  # a bug: say so in one line, traceback on request
         if debug:
             raise
