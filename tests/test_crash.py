@@ -9,9 +9,11 @@ At the end every committed version restores bit-exactly: 0 bytes lost.
 from __future__ import annotations
 
 import random
+import time
 
 from crash_harness import (
     KillTally,
+    run_cli,
     catalog_kills,
     check_consistent,
     gc_kills,
@@ -40,7 +42,8 @@ def test_kill_nine_at_write_points_loses_nothing(tmp_path):
     tally = KillTally()
 
     # 1. snapshot: 28 kill points spread over chunk puts, temp->rename, manifest, ref and catalog commit
-    points = [rng.randint(1, 34) for _ in range(24)] + [30, 32, 34, 35]
+    # (a snapshot of one of these folders passes 34 points: the last is the catalog's checkpoint)
+    points = [rng.randint(1, 34) for _ in range(24)] + [31, 32, 33, 34]
     snapshot_kills(store, folders[1:29], points, tally, rng)
 
     # 2. gc: remove the versions of six folders, then kill gc at 14 delete points
@@ -54,15 +57,21 @@ def test_kill_nine_at_write_points_loses_nothing(tmp_path):
     # 3. catalog: kill inside the catalog transaction and before its checkpoint, for snapshot and rebuild
     catalog_kills(store, folders[29:33], tally)
 
-    # 4. kills at random times
+    at_points = tally.killed  # deterministic: each of these kills lands, however fast the machine
+
+    # 4. kills at random times within a whole run's duration (timed on this machine first); whether
+    # each lands before the run ends is up to the scheduler, so only their consistency is asserted
+    t0 = time.monotonic()
+    assert run_cli(store, "snapshot", folders[39], "--model", "rand").returncode == 0
+    whole = time.monotonic() - t0
     for f in folders[33:39]:
-        rc = kill_at_random_time(store, ["snapshot", f, "--model", "rand"], rng.uniform(0.2, 1.0))
+        rc = kill_at_random_time(store, ["snapshot", f, "--model", "rand"], rng.uniform(0.3, 1.0) * whole)
         tally.record(f"random-time kill of snapshot {f.name}", rc, check_consistent(store))
 
-    print(f"\nkill points tried {tally.tried}, processes killed {tally.killed}, survived {tally.survived}; "
-          f"finished before their kill point: {tally.not_killed}")
+    print(f"\nkill points tried {tally.tried}, processes killed {tally.killed} ({at_points} at write points), "
+          f"survived {tally.survived}; finished before their kill point: {tally.not_killed}")
     assert tally.failures == []
-    assert tally.tried >= 56 and tally.killed >= 50
+    assert at_points >= 50
     assert check_consistent(store) == []
     n, lost = restore_all(store, tmp_path / "restored", sources)
     print(f"committed versions restored bit-exactly: {n}; bytes of committed data lost: {lost}")
