@@ -356,16 +356,9 @@ def snapshot(
             raise AlreadyExistsError(f"{model}@{version} already exists",
                                      hint="pick another --version, or omit it for the next number")
     source = Path(source)
-    files = files if files is not None else scan_folder(source, tuple(exclude))
-    if not files:
-        raise InvalidInputError(f"{source} has no files to archive")
-    for f in files:
-        if looks_pickled(f.path):
-            raise PickleRefusedError(f.rel)
+    files, plans, card_facts = prepare(store, source, exclude=exclude, files=files)
     parent_id = _resolve_parent(store, model, parent)
-    # Validate every header before writing anything: bad input leaves nothing behind.
-    plans = [(f, *plan_segments(f, store.chunk_size)) for f in files]
-    metadata = {**card.read_metadata(files), **(metadata or {})}  # card/config facts; malformed -> refused now
+    metadata = {**card_facts, **(metadata or {})}
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(f.size for f in files))
 
@@ -409,6 +402,27 @@ def snapshot(
             raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
                                      hint="pick another --version")
         version = str(int(version) + 1)  # a concurrent snapshot took the number
+
+
+def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None = None):
+    """Check a folder before anything is written: bad input leaves nothing behind.
+
+    Lists its files (names validated), refuses pickles, parses every
+    safetensors header strictly and reads the model card and config.json
+    facts (a malformed card is refused here). Reads headers, not weights.
+
+    Returns:
+        (files, plans: [(file, format, tensors, segments)], card/config facts).
+    """
+    source = Path(source)
+    files = files if files is not None else scan_folder(source, tuple(exclude))
+    if not files:
+        raise InvalidInputError(f"{source} has no files to archive")
+    for f in files:
+        if looks_pickled(f.path):
+            raise PickleRefusedError(f.rel)
+    plans = [(f, *plan_segments(f, store.chunk_size)) for f in files]
+    return files, plans, card.read_metadata(files)
 
 
 def _resolve_parent(store: Store, model: str, parent: str | None) -> str | None:

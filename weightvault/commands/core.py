@@ -14,15 +14,21 @@ def register(sub, common):
                    help="S3 endpoint of an s3://BUCKET/PREFIX store (remembered for later commands)")
     p.set_defaults(func=cmd_init)
 
-    p = add_command(sub, "snapshot", help="archive a model folder (or hf:ORG/NAME[@REV]) as a new version",
-                    example="weightvault snapshot ./all-MiniLM-L6-v2 --model minilm --tag base -m 'as released'",
+    p = add_command(sub, "snapshot", help="archive a model folder (or hf:ORG/NAME[@REV]) as a new version; several "
+                                         "folders as successive versions",
+                    example="weightvault snapshot ./all-MiniLM-L6-v2 --model minilm --tag base -m 'as released'\n"
+                            "  weightvault snapshot run/checkpoint-500 run/checkpoint-1000 --model run7",
                     parents=[common])
-    p.add_argument("path", help="model folder (Hugging Face layout), or hf:ORG/NAME[@REVISION] via the HF cache")
+    p.add_argument("path", nargs="+",
+                   help="model folder (Hugging Face layout), or hf:ORG/NAME[@REVISION] via the HF cache; "
+                        "several: archived in the order given, each the parent of the next, every local "
+                        "folder checked before anything is written")
     p.add_argument("--model", help="model name, e.g. minilm or org/name (default for hf: the repo id)")
-    p.add_argument("--version", help="version label (default: next number)")
-    p.add_argument("--parent", help="parent version (default: the model's latest; '' for none)")
-    p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
-    p.add_argument("--message", "-m", default="", help="a note on this version")
+    p.add_argument("--version", help="version label (default: next number; one folder only)")
+    p.add_argument("--parent", help="parent version (default: the model's latest; '' for none; with several "
+                                    "folders, the first one's)")
+    p.add_argument("--tag", action="append", default=[], help="tag (repeatable; one folder only)")
+    p.add_argument("--message", "-m", default="", help="a note on this version (on each, with several folders)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
     p.add_argument("--distilled-from", metavar="RUN",
                    help="record a 'distilled' lineage edge to the teacher of distillation run RUN")
@@ -144,13 +150,16 @@ def print_snapshot(res) -> None:
     c.print(f"  manifest {res.manifest_id[:16]}")
 
 
-def _default_model(path: str) -> str:
+def _default_model(paths: list[str]) -> str:
     from weightvault.archive import hub
     from weightvault.errors import UsageError
 
-    if hub.is_hub_ref(path):
-        return hub.default_model_name(path)
-    raise UsageError("--model is required for a local folder", hint=f"weightvault snapshot {path} --model NAME")
+    names = {hub.default_model_name(p) if hub.is_hub_ref(p) else None for p in paths}
+    if None in names:
+        raise UsageError("--model is required for a local folder", hint=f"weightvault snapshot {paths[0]} --model NAME")
+    if len(names) > 1:
+        raise UsageError("these hf: references name different repos", hint="give --model to archive them as one model")
+    return names.pop()
 
 
 def cmd_snapshot(args):
@@ -165,14 +174,19 @@ def cmd_snapshot(args):
         from weightvault.distill import lineage_edge
 
         extras["lineage"] = tuple(extras.get("lineage", ())) + (lineage_edge(v, args.distilled_from),)
+    kw = dict(extras, version=args.version, parent=args.parent, tags=tuple(args.tag), message=args.message,
+              exclude=tuple(args.exclude), convert_pickle=args.convert_pickle)
     with progress_bar(f"snapshot {args.model}", enabled=not args.json) as bar:
-        res = v.snapshot(args.path, args.model, **extras, version=args.version, parent=args.parent,
-                         tags=tuple(args.tag), message=args.message, exclude=tuple(args.exclude), progress=bar,
-                         convert_pickle=args.convert_pickle)
+        if len(args.path) == 1:
+            results = [v.snapshot(args.path[0], args.model, progress=bar, **kw)]
+        else:  # one process and one catalog update for the series (Vault.snapshot_series)
+            results = v.snapshot_series(args.path, args.model, progress=bar, **kw)
     if args.json:
-        print_json(snapshot_summary(res))
+        out = [snapshot_summary(r) for r in results]
+        print_json(out[0] if len(args.path) == 1 else out)
     else:
-        print_snapshot(res)
+        for r in results:
+            print_snapshot(r)
 
 
 def cmd_log(args):
