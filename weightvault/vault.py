@@ -193,8 +193,8 @@ class Vault:
             if not hub.is_hub_ref(source) and not kw.get("convert_pickle"):
                 files, _, _ = prepare(self.store, source, exclude=kw.get("exclude", ()))
                 total += sum(f.size for f in files)
-        if progress is not None and hasattr(progress, "start"):
-            progress.start(total)
+        if progress is not None and hasattr(progress, "start") and total:
+            progress.start(total)  # hub and convert_pickle sources add to it unannounced
         each = _Forward(progress) if progress is not None else None
         results: list = []
         try:
