@@ -161,8 +161,9 @@ class Vault:
         card; see :func:`weightvault.archive.snapshot.prepare`), so a bad one refuses the
         whole series before anything is written. Hub references and ``convert_pickle``
         sources are checked as they come. One call pays the start-up and the catalog update
-        (~0.1 s each on the build machine) once; if a later folder fails, the versions
-        already archived stay, each whole, and are in the catalog.
+        once (bench/series_call.py: the six-version MiniLM series in 2.86 s against 4.34 s
+        as six CLI calls, build machine); if a later folder fails, the versions already
+        archived stay, each whole, and are in the catalog.
 
         Args:
             sources: folders (or ``hf:`` references), oldest first.
