@@ -47,16 +47,6 @@ class ResolvedVersion:
         return f"{self.model}@{self.version}"
 
 
-class _Forward:
-    """Passes byte counts on to a series' progress, which was started once with the total."""
-
-    def __init__(self, progress):
-        self.progress = progress
-
-    def __call__(self, n: int) -> None:
-        self.progress(n)
-
-
 class Vault:
     """A store and its catalog."""
 
@@ -196,7 +186,8 @@ class Vault:
                 total += sum(f.size for f in files)
         if progress is not None and hasattr(progress, "start") and total:
             progress.start(total)  # hub and convert_pickle sources add to it unannounced
-        each = _Forward(progress) if progress is not None else None
+        # each snapshot only adds bytes: a plain function has no start() to reset the total with
+        each = (lambda n: progress(n)) if progress is not None else None
         results: list = []
         try:
             for source in sources:
