@@ -212,6 +212,20 @@ def test_human_output_of_log_show_and_catalog_commands(cli, toy_model, store_dir
     assert r.rc == 0 and Path(r.out.strip()).is_file(), r
 
 
+def test_show_names_a_scalar_tensor_shape(cli, tmp_path):
+    """A 0-d tensor (a step counter, a temperature) has shape (): `show` says so, not an empty cell."""
+    import numpy as np
+
+    src = write_model(tmp_path / "m", {"logit_scale": np.array(2.5, dtype=np.float32),
+                                       "w": np.ones((2, 3), dtype=np.float32)})
+    assert cli("snapshot", src, "--model", "m").rc == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[-1].strip()
+            for line in cli("show", "m@1", "--tensors").out.splitlines() if line.count("│") == 3}
+    assert rows == {"logit_scale": "scalar", "w": "2x3"}, rows
+    js = cli("show", "m@1", "--tensors", "--json").json()
+    assert {t["name"]: t["shape"] for t in js["tensors"]} == {"logit_scale": [], "w": [2, 3]}
+
+
 def test_default_store_is_created_on_first_use(tmp_path, toy_model):
     env = {"WEIGHTVAULT_STORE": str(tmp_path / "default"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     r = run("snapshot", toy_model, "--model", "toy", "--json", env=env)

@@ -103,6 +103,11 @@ def human(n: float | None) -> str:
     return f"{n:.1f} TiB"
 
 
+def shape(dims) -> str:
+    """A tensor shape as ``3x4``; a 0-d tensor (a scalar) as ``scalar``, not an empty cell."""
+    return "x".join(map(str, dims)) if len(dims) else "scalar"
+
+
 def ratio(raw: float, stored: float) -> str:
     return f"{raw / stored:.2f}x" if stored else "-"
 

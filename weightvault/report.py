@@ -74,7 +74,9 @@ def layer_max_rel(x: dict):
 
 
 def _shape(s) -> str:
-    return "x".join(map(str, s)) if s is not None else "-"
+    if s is None:
+        return "-"
+    return "x".join(map(str, s)) if len(s) else "scalar"
 
 
 def _weights_section(d: dict) -> list[str]:

@@ -223,7 +223,7 @@ def cmd_log(args):
 
 
 def cmd_show(args):
-    from weightvault._ui import human, out_console, print_json, table
+    from weightvault._ui import human, out_console, print_json, shape, table
 
     v = open_vault(args)
     r = v.resolve(args.ref)
@@ -255,7 +255,7 @@ def cmd_show(args):
                    for f in m.files]))
     if args.tensors:
         c.print(table(["file", "tensor", "dtype", "shape"],
-                      [(f.path, t.name, t.dtype, "x".join(map(str, t.shape))) for f in m.files for t in f.tensors]))
+                      [(f.path, t.name, t.dtype, shape(t.shape)) for f in m.files for t in f.tensors]))
 
 
 def cmd_restore(args):
