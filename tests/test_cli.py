@@ -105,6 +105,23 @@ def test_messages_and_warnings_keep_their_brackets(cli, toy_model):
     assert "fix [bold] and [red]x[/]" in cli("log", "m").out
 
 
+def test_user_text_in_summary_lines_is_printed_literally(cli, toy_model, tmp_path):
+    """Messages, paths and names inside the one-line summaries are data too (rich used to drop
+    "[bold]" and "[/x]" from them silently: `show` printed "fix  and x")."""
+    msg = "fix [bold] and [/x] [link=http://a]"
+    assert cli("snapshot", toy_model, "--model", "m", "--message", msg).rc == 0
+    assert f"  {msg}" in cli("show", "m@1").out.splitlines()
+    dest = tmp_path / "out [bold]v1[/]"
+    r = cli("restore", "m@1", dest)
+    assert r.rc == 0 and f"into {dest} " in r.err, r
+    data = tmp_path / "rows [red].jsonl"
+    data.write_text('{"a": 1}\n')
+    r = cli("dataset", "fingerprint", data)
+    assert r.rc == 0 and r.out.startswith(f"{data}: 1 files"), r
+    r = cli("eval", "m@1", "--task", "[bold]task", "--metric", "acc", "--value", "0.5")
+    assert r.rc == 0 and "recorded [bold]task/acc = 0.5 for m@1" in r.err, r
+
+
 def test_restore_imports_no_catalog_and_no_unneeded_stdlib(tmp_path, toy_model):
     """A restore reads the store only: no catalog modules, no duckdb, and none of socket, uuid,
     secrets (together 25-35 ms of each CLI call on the bench machine)."""
@@ -268,7 +285,9 @@ def test_a_full_session(cli, tmp_path):
     du = cli("du", "--json").json()
     assert du["total"]["raw_bytes"] > du["total"]["stored_bytes"] > 0
     assert du["total"]["dedup_saved_bytes"] > 0
-    assert "saved by dedup" in cli("du").out
+    human = cli("du").out
+    assert "saved by dedup" in human and "[" not in human, human  # the total row is styled, not literal markup
+    assert [line.split("│")[0].strip() for line in human.splitlines() if "│" in line] == ["toy", "total"], human
 
     assert cli("restore", "toy@1", tmp_path / "r1", "--json").json()["verified"] is True
     assert tree_files(tmp_path / "r1") == tree_files(v1)

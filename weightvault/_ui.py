@@ -116,15 +116,23 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def table(columns, rows, title: str | None = None):
+def table(columns, rows, title: str | None = None, total=None):
+    """A rich table; cells are data, never markup. ``total``: a last row, set apart and in bold."""
     from rich.table import Table
 
     t = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(str(c))
     for r in rows:
-        t.add_row(*("" if v is None else escape(str(v)) for v in r))  # cells are data, not markup
+        t.add_row(*_cells(r))
+    if total is not None:
+        t.add_section()
+        t.add_row(*_cells(total), style="bold")
     return t
+
+
+def _cells(row) -> list[str]:
+    return ["" if v is None else escape(str(v)) for v in row]
 
 
 class _Bar:

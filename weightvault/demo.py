@@ -49,7 +49,7 @@ def make_finetune(src: Path, dst: Path, layers=(4, 5), scale: float = 1e-3, seed
 
 
 def run_demo(vault, model: str, *, as_json: bool = False) -> int:
-    from weightvault._ui import err_console, human, out_console, print_json, progress_bar, ratio, table
+    from weightvault._ui import err_console, escape, human, out_console, print_json, progress_bar, ratio, table
     from weightvault.commands.core import du_report, print_snapshot, snapshot_summary
 
     src = minilm_path()
@@ -82,7 +82,7 @@ def run_demo(vault, model: str, *, as_json: bool = False) -> int:
         report["query"] = {"sql": DEMO_QUERY, "rows": [dict(zip(cols, r)) for r in rows]}
         if out:
             t = du["total"]
-            out.print(f"[bold]store[/] {vault.root}: {human(t['raw_bytes'])} of model files kept in "
+            out.print(f"[bold]store[/] {escape(str(vault.root))}: {human(t['raw_bytes'])} of model files kept in "
                       f"{human(t['stored_bytes'])} ({ratio(t['raw_bytes'], t['stored_bytes'])}): "
                       f"dedup saved {human(t['dedup_saved_bytes'])}, compression {human(t['compression_saved_bytes'])}")
             out.print(f"\n[bold]SQL[/] {' '.join(DEMO_QUERY.split())}")
@@ -98,7 +98,7 @@ def run_demo(vault, model: str, *, as_json: bool = False) -> int:
         if out:
             out.print(f"\nrestored {model}@{res2.version}: {len(rr.files)} files, {human(rr.bytes)} in {dt:.2f}s; "
                       f"bit-exact against the source: [bold]{'yes' if exact else 'NO'}[/]")
-            err_console().print(f"next: weightvault --store {vault.root} log {model}")
+            err_console().print(f"next: weightvault --store {vault.root} log {model}", markup=False)
     if as_json:
         print_json(report)
     return 0 if exact else 5

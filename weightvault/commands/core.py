@@ -114,7 +114,7 @@ def register(sub, common):
 
 
 def cmd_init(args):
-    from weightvault._ui import err_console, print_json
+    from weightvault._ui import err_console, escape, print_json
     from weightvault.archive.store import default_store_path
     from weightvault.vault import Vault
 
@@ -124,7 +124,7 @@ def cmd_init(args):
         print_json({"store": where, "id": v.store.config["id"], "format": v.store.config["format"],
                     "catalog": str(v.store.catalog_path)})
     else:
-        err_console().print(f"store ready at [bold]{where}[/]")
+        err_console().print(f"store ready at [bold]{escape(where)}[/]")
 
 
 def snapshot_summary(res) -> dict:
@@ -245,9 +245,9 @@ def cmd_show(args):
     c = out_console()
     c.print(f"[bold]{m.model}@{m.version}[/]  manifest {r.manifest_id[:16]}  created {m.created_at}")
     if m.message:
-        c.print(f"  {m.message}")
+        c.print(f"  {m.message}", markup=False)
     src = m.source
-    c.print(f"  source: {src.get('path') or src.get('repo')} {src.get('revision', '')}".rstrip())
+    c.print(f"  source: {src.get('path') or src.get('repo')} {src.get('revision', '')}".rstrip(), markup=False)
     if storage:
         c.print(f"  raw {human(m.raw_bytes)}; added to the store {human(storage['added_stored_bytes'])}")
     c.print(table(["file", "size", "format", "chunks", "tensors", "sha256"],
@@ -273,7 +273,7 @@ def cmd_restore(args):
         print_json({"files": list(res.files), "bytes": res.bytes, "seconds": round(dt, 3), "verified": True})
     else:
         err_console().print(f"restored {len(res.files)} files, {human(res.bytes)} into {args.dir} "
-                            f"(every file sha256-verified) in {dt:.1f}s")
+                            f"(every file sha256-verified) in {dt:.1f}s", markup=False)
 
 
 def cmd_sql(args):
@@ -333,14 +333,14 @@ def cmd_du(args):
              human(m["compression_saved_bytes"]), human(m["stored_bytes"]), ratio(m["raw_bytes"], m["stored_bytes"]))
             for m in rep["models"]]
     t = rep["total"]
-    rows.append(("[bold]total[/]", "", human(t["raw_bytes"]), human(t["dedup_saved_bytes"]),
-                 human(t["compression_saved_bytes"]), human(t["stored_bytes"]), ratio(t["raw_bytes"], t["stored_bytes"])))
+    total = ("total", "", human(t["raw_bytes"]), human(t["dedup_saved_bytes"]),
+             human(t["compression_saved_bytes"]), human(t["stored_bytes"]), ratio(t["raw_bytes"], t["stored_bytes"]))
     out_console().print(table(["model", "versions", "raw", "saved by dedup", "saved by compression", "stored",
-                               "ratio"], rows))
+                               "ratio"], rows, total=total))
 
 
 def cmd_verify(args):
-    from weightvault._ui import human, out_console, print_json, progress_bar
+    from weightvault._ui import escape, human, out_console, print_json, progress_bar
 
     v = open_vault(args, create=False)
     subset = args.subset / 100 if args.subset is not None else None
@@ -360,11 +360,11 @@ def cmd_verify(args):
         c.print(f"checked {rep.chunks_checked} of {rep.chunks_total} chunks ({what}) "
                 f"in {len(rep.versions)} versions")
         for ver, why in rep.broken_versions:
-            c.print(f"[red]unreadable version[/] {ver}: {why}")
+            c.print(f"[red]unreadable version[/] {ver}: {escape(str(why))}")
         for d in rep.damaged:
-            c.print(f"[red]damaged[/] chunk {d.chunk_id[:16]}: {d.reason}")
+            c.print(f"[red]damaged[/] chunk {d.chunk_id[:16]}: {escape(str(d.reason))}")
             for ver, path, tensor in d.uses:
-                c.print(f"    {ver} {path}" + (f" tensor {tensor}" if tensor else ""))
+                c.print(f"    {ver} {path}" + (f" tensor {tensor}" if tensor else ""), markup=False)
         if rep.ok:
             c.print("[green]all chunks intact[/]")
     return 0 if rep.ok else 5

@@ -99,7 +99,7 @@ def cmd_diff(args):
     else:
         print_diff(d, top=args.top, show_all=args.all)
         if args.html:
-            err_console().print(f"report written to {args.html}")
+            err_console().print(f"report written to {args.html}", markup=False)
 
 
 def _write_atomic(path, text: str) -> None:

@@ -176,7 +176,7 @@ def cmd_dataset_fingerprint(args):
         return
     c = out_console()
     c.print(f"{fp.path}: {len(fp.files)} files, {human(fp.n_bytes)}, "
-            f"{fp.n_rows if fp.n_rows is not None else 'no tabular'} rows")
+            f"{fp.n_rows if fp.n_rows is not None else 'no tabular'} rows", markup=False)
     c.print(f"content_hash {fp.content_hash}")
 
 
@@ -189,21 +189,25 @@ def cmd_link(args):
     if args.json:
         print_json({"event_id": eid})
     else:
-        err_console().print(f"linked {args.ref} -> {args.dataset} as {args.role}")
+        err_console().print(f"linked {args.ref} -> {args.dataset} as {args.role}", markup=False)
 
 
 def _tree_label(node: dict) -> str:
+    from weightvault._ui import escape
+
     rel = node.get("relation")
     head = f"[cyan]{rel}[/] " if rel else ""
-    name = node.get("ref") or f"[bold]{node['model']}@{node['version']}[/]"
+    name = escape(node["ref"]) if node.get("ref") else f"[bold]{node['model']}@{node['version']}[/]"
     run = f" [dim](run {node['run_id']})[/]" if node.get("run_id") else ""
     return head + name + run + (" [red](cycle)[/]" if node.get("cycle") else "")
 
 
 def _add_datasets(branch, node):
+    from weightvault._ui import escape
+
     for d in node.get("datasets", ()):
-        branch.add(f"[green]{d['role']}[/] {d['dataset']}@{d['dataset_version']} "
-                   f"[dim]{d['license'] or 'license unknown'}[/]")
+        branch.add(f"[green]{d['role']}[/] {escape(d['dataset'])}@{escape(str(d['dataset_version']))} "
+                   f"[dim]{escape(d['license'] or 'license unknown')}[/]")
 
 
 def _grow(branch, nodes, key):
@@ -225,7 +229,7 @@ def cmd_lineage(args):
         eid = pv.add_lineage(v, args.ref, args.add_base, args.relation, run_id=args.run_id,
                              prompt_set_hash=args.prompt_set_hash, settings=_json_arg(args.settings, "--settings"))
         if not args.json:
-            err_console().print(f"recorded: {args.ref} {args.relation} of {args.add_base} (event {eid[:16]})")
+            err_console().print(f"recorded: {args.ref} {args.relation} of {args.add_base} (event {eid[:16]})", markup=False)
     elif args.relation or args.run_id or args.prompt_set_hash or args.settings:
         raise UsageError("--relation/--run-id/--prompt-set-hash/--settings go with --add-base")
     tree = pv.lineage_tree(v, args.ref)
@@ -275,7 +279,7 @@ def cmd_tag(args):
     if args.json:
         print_json({"event_id": eid})
     else:
-        err_console().print(msg)
+        err_console().print(msg, markup=False)
 
 
 def cmd_eval(args):
@@ -288,7 +292,7 @@ def cmd_eval(args):
     if args.json:
         print_json({"event_id": eid})
     else:
-        err_console().print(f"recorded {args.task}/{args.metric} = {args.value} for {args.ref}")
+        err_console().print(f"recorded {args.task}/{args.metric} = {args.value} for {args.ref}", markup=False)
 
 
 def cmd_catalog_export(args):
@@ -305,4 +309,4 @@ def cmd_catalog_export(args):
         print_json(done)
     else:
         err_console().print(f"wrote {len(done)} tables to {args.dir} as Parquet "
-                            f"({sum(d['rows'] for d in done)} rows)")
+                            f"({sum(d['rows'] for d in done)} rows)", markup=False)

@@ -108,7 +108,7 @@ def cmd_gc(args):
 
 
 def cmd_repair(args):
-    from weightvault._ui import human, out_console, print_json, progress_bar
+    from weightvault._ui import escape, human, out_console, print_json, progress_bar
     from weightvault.archive.repair import repair
 
     v = open_vault(args, create=False)
@@ -131,11 +131,11 @@ def cmd_repair(args):
         c.print(f"[green]nothing lost[/]: every chunk of {rep.versions_checked} versions decodes and matches its ID")
         return 0
     for ver, why in rep.unreadable_versions:
-        c.print(f"[red]lost version[/] {ver}: {why}")
+        c.print(f"[red]lost version[/] {ver}: {escape(str(why))}")
     for x in rep.losses:
         what = ", ".join(x.tensors) if x.tensors else "non-tensor bytes"
-        c.print(f"[red]lost[/] {x.version} {x.path}: {human(x.lost_bytes)} in {len(x.chunks)} chunks; "
-                f"tensors: {what}" + (" (and header/other bytes)" if x.header_lost and x.tensors else ""))
+        c.print(f"[red]lost[/] {x.version} {escape(x.path)}: {human(x.lost_bytes)} in {len(x.chunks)} chunks; "
+                f"tensors: {escape(what)}" + (" (and header/other bytes)" if x.header_lost and x.tensors else ""))
     verb = "would quarantine" if rep.dry_run else "quarantined"
     c.print(f"{verb} {len(rep.damaged_chunks)} damaged chunks; {human(rep.lost_bytes)} of version data lost. "
             "Snapshot the original files again to heal, or `weightvault repair --remove-damaged`.")
@@ -152,7 +152,7 @@ def cmd_keygen(args):
     if args.json:
         print_json({"private_key": args.key, "public_key": pub, "keyid": keyid})
     else:
-        err_console().print(f"wrote {args.key} (keep it offline) and {pub}; key id {keyid}")
+        err_console().print(f"wrote {args.key} (keep it offline) and {pub}; key id {keyid}", markup=False)
 
 
 def cmd_sign(args):

@@ -42,7 +42,7 @@ def cmd_distill(args):
         raise UsageError("distill needs NAME@V, --prompts and --out",
                          hint="weightvault distill gpt2@1 --prompts prompts.jsonl --out out.parquet")
     from weightvault import distill
-    from weightvault._ui import err_console, print_json
+    from weightvault._ui import err_console, escape, print_json
     from weightvault.distill_gen import DistillSettings
 
     settings = DistillSettings(max_new_tokens=args.max_new_tokens, top_k=args.top_k, temperature=args.temperature,
@@ -55,16 +55,16 @@ def cmd_distill(args):
                               dtype=args.dtype, progress=bar)
     except distill.DistillInterrupted as e:
         r = e.result
-        err_console().print(f"[yellow]interrupted[/]: kept {r.rows} finished rows in {r.output}; "
+        err_console().print(f"[yellow]interrupted[/]: kept {r.rows} finished rows in {escape(str(r.output))}; "
                             f"recorded as incomplete run {r.run_id}")
         return 130
     if args.json:
         print_json(_summary(res))
     else:
         err_console().print(f"run [bold]{res.run_id}[/]: {res.rows} rows, {res.tokens} tokens in {res.seconds:.1f}s "
-                            f"({res.tokens / max(res.seconds, 1e-9):.0f} tok/s) -> {res.output}")
+                            f"({res.tokens / max(res.seconds, 1e-9):.0f} tok/s) -> {escape(str(res.output))}")
         err_console().print(f"  teacher {res.payload['teacher']['ref']} on {res.payload['device']} "
-                            f"({res.payload['dtype']}); prompts and output archived as {res.payload['data']['ref']}")
+                            f"({res.payload['dtype']}); prompts and output archived as {res.payload['data']['ref']}", markup=False)
 
 
 def _summary(res) -> dict:
@@ -94,7 +94,7 @@ def _rerun(args):
                                         for k, val in d.metrics.items()]))
     for w in d.worst:
         c.print(f"  row {w['row']}: " + ", ".join(f"{k}={str(val)[:60]!r}" for k, val in w.items()
-                                                     if k not in ("row", "score")))
+                                                     if k not in ("row", "score")), markup=False)
     return 0
 
 
