@@ -120,6 +120,8 @@ def test_user_text_in_summary_lines_is_printed_literally(cli, toy_model, tmp_pat
     assert r.rc == 0 and r.out.startswith(f"{data}: 1 files"), r
     r = cli("eval", "m@1", "--task", "[bold]task", "--metric", "acc", "--value", "0.5")
     assert r.rc == 0 and "recorded [bold]task/acc = 0.5 for m@1" in r.err, r
+    r = cli("sql", "SELECT 'root:x:0:0 :smile:' AS passwd_line")  # emoji codes are data too
+    assert r.rc == 0 and "root:x:0:0 :smile:" in r.out, r
 
 
 def test_restore_imports_no_catalog_and_no_unneeded_stdlib(tmp_path, toy_model):

@@ -54,7 +54,7 @@ class PlainConsole:
         if not all(isinstance(o, str) for o in objects):
             from rich.console import Console
 
-            Console(file=self.file, highlight=False).print(*objects, markup=markup, end=end, **kw)
+            Console(file=self.file, highlight=False, emoji=False).print(*objects, markup=markup, end=end, **kw)
             return
         text = " ".join(objects)
         self.file.write((strip_markup(text) if markup else text) + end)
@@ -74,7 +74,7 @@ def _console(stderr: bool):
         return PlainConsole(stderr=stderr)
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, emoji=False)
 
 
 def err_console():
