@@ -302,6 +302,22 @@ def test_malformed_event_in_store_is_skipped_not_fatal(vault, toy_model, caplog)
     assert "relation" in caplog.text
 
 
+def test_dataset_list(tmp_path, cli):
+    r = ok(cli("dataset", "list"))
+    assert r.out.startswith("no datasets recorded: add one with `weightvault dataset add"), r
+    assert ok(cli("dataset", "list", "--json")).json() == []
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"q": 1}\n{"q": 2}\n')
+    ok(cli("dataset", "add", "wiki", "--version", "20231101", "--license", "CC-BY-SA-4.0", "--cutoff", "2023-11-01"))
+    ok(cli("dataset", "add", "alpaca", "--license", "CC-BY-NC-4.0", "--path", data))
+    rows = ok(cli("dataset", "list", "--json")).json()
+    assert [(d["name"], d["license"], d["n_rows"]) for d in rows] == [("alpaca", "CC-BY-NC-4.0", 2),
+                                                                        ("wiki", "CC-BY-SA-4.0", None)]
+    assert str(rows[1]["cutoff_date"]) == "2023-11-01" and rows[0]["content_hash"].startswith("sha256:")
+    human = ok(cli("dataset", "list")).out
+    assert [line.split("│")[0].strip() for line in human.splitlines() if "│" in line] == ["alpaca", "wiki"], human
+
+
 def test_dataset_fingerprint_folder(tmp_path, cli):
     import duckdb
 

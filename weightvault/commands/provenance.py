@@ -159,6 +159,8 @@ def cmd_dataset_list(args):
         "ORDER BY name, recorded_at")
     if args.json:
         print_json([dict(zip(cols, r)) for r in rows])
+    elif not rows:
+        out_console().print("no datasets recorded: add one with `weightvault dataset add NAME --path FILE`", markup=False)
     else:
         out_console().print(table(["name", "version", "license", "cutoff", "rows", "tokens", "hash", "source"],
                                   [(*r[:6], (r[6] or "")[:19], r[7]) for r in rows]))
