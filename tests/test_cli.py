@@ -105,6 +105,23 @@ def test_messages_and_warnings_keep_their_brackets(cli, toy_model):
     assert "fix [bold] and [red]x[/]" in cli("log", "m").out
 
 
+def test_piped_tables_do_not_wrap(tmp_path, monkeypatch):
+    """Off a terminal a table keeps its natural width, so a long tensor name stays on one line for
+    grep; $COLUMNS still sets a width, as rich reads it."""
+    import numpy as np
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "model.decoder.layers.31.self_attn.q_proj.lora_A.default.weight"
+    src = write_model(tmp_path / "m", {name: np.ones((2, 3), dtype=np.float32)})
+    store = tmp_path / "s"
+    assert run("--store", store, "snapshot", src, "--model", "m").returncode == 0
+    r = run("--store", store, "show", "m@1", "--tensors")
+    assert r.returncode == 0 and any(name in line and "2x3" in line for line in r.stdout.splitlines()), r.stdout
+    narrow = run("--store", store, "show", "m@1", "--tensors", env={"COLUMNS": "60"})
+    assert narrow.returncode == 0 and name not in narrow.stdout
+    assert max(len(line) for line in narrow.stdout.splitlines() if "│" in line) <= 60
+
+
 def test_user_text_in_summary_lines_is_printed_literally(cli, toy_model, tmp_path):
     """Messages, paths and names inside the one-line summaries are data too (rich used to drop
     "[bold]" and "[/x]" from them silently: `show` printed "fix  and x")."""

@@ -32,6 +32,9 @@ def strip_markup(text: str) -> str:
     return _TAG.sub(plain, text)
 
 
+_UNWRAPPED = 100_000  # columns: wide enough that a table keeps its natural width
+
+
 class PlainConsole:
     """The console of a stream that is not a terminal: plain lines, no rich.
 
@@ -54,7 +57,11 @@ class PlainConsole:
         if not all(isinstance(o, str) for o in objects):
             from rich.console import Console
 
-            Console(file=self.file, highlight=False, emoji=False).print(*objects, markup=markup, end=end, **kw)
+            # Off a terminal nothing wraps a table (a tensor name folded over two lines defeats grep),
+            # unless $COLUMNS asks for a width, as rich reads it.
+            width = None if os.environ.get("COLUMNS") else _UNWRAPPED
+            Console(file=self.file, highlight=False, emoji=False, width=width).print(*objects, markup=markup,
+                                                                                   end=end, **kw)
             return
         text = " ".join(objects)
         self.file.write((strip_markup(text) if markup else text) + end)
