@@ -32,6 +32,7 @@ from weightvault.archive.safetensors_header import DTYPE_BITS, read_header
 from weightvault.archive.store import Store, now_iso
 from weightvault.errors import (
     AlreadyExistsError,
+    IntegrityError,
     InvalidInputError,
     PickleRefusedError,
     VersionNotFoundError,
@@ -334,7 +335,10 @@ def snapshot(
         source: the folder (Hugging Face layout: shards, index json, config, tokenizer...).
         model: model name.
         version: version label; default the next integer.
-        parent: parent version label; default the model's latest version; "" for none.
+        parent: parent version label; default the model's latest version; "" for none. New
+            chunks are stored as deltas and casts of the parent's tensors; a version with no
+            parent uses the base of its first weight-derived lineage edge instead (a fine-tune
+            archived under its own name, ``--base-model bert@1``, costs what changed).
         tags, message: recorded in the manifest.
         exclude: glob patterns of files to leave out.
         source_info: what to record as the source (default: the local path).
@@ -365,7 +369,7 @@ def snapshot(
     if encode is None:  # the engine: deltas against the parent, casts, float codecs
         from weightvault.archive import engine
 
-        encode = engine.make_encoder(store, parent_id, model)
+        encode = engine.make_encoder(store, parent_id or lineage_base(store, lineage), model)
     writer = ChunkWriter(store, workers=workers, encode=encode)
     entries = []
     n_params = 0
@@ -425,12 +429,35 @@ def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None 
     return files, plans, card.read_metadata(files)
 
 
+# Lineage relations whose version is made from its base's weights. A distilled student learnt
+# from its teacher's outputs, not its weights: no delta reference.
+WEIGHT_RELATIONS = ("finetune", "adapter", "merge", "quantized", "cast")
+
+
+def lineage_base(store: Store, lineage) -> str | None:
+    """The manifest a parentless version is encoded against: the in-store base of its first
+    weight-derived lineage edge (external ``hf:`` bases and damaged manifests are skipped)."""
+    for edge in lineage:
+        base = edge.get("base")
+        if base and edge.get("relation") in WEIGHT_RELATIONS:
+            try:
+                store.get_manifest(base)
+            except IntegrityError:
+                continue
+            return base
+    return None
+
+
 def _resolve_parent(store: Store, model: str, parent: str | None) -> str | None:
     if parent == "":
         return None
     if parent is None:
         ref = latest_ref(store, model)
         return ref.manifest_id if ref else None
+    if "@" in parent:
+        raise InvalidInputError(
+            f"--parent takes a version of {model} (a label such as 3), not {parent}",
+            hint=f"to store {model} as a fine-tune of {parent}, pass --base-model {parent} --relation finetune")
     ref = store.get_ref(model, parent)
     if ref is None:
         raise VersionNotFoundError(model, parent)

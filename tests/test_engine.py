@@ -237,6 +237,60 @@ def test_cast_of_an_older_version_is_found_once_and_credited_canonically(vault, 
     assert tree_files(tmp_path / "out") == tree_files(tmp_path / "bf16")
 
 
+def test_a_new_model_is_encoded_against_its_lineage_base(cli, tmp_path, store_dir):
+    """A fine-tune archived under its own name with --base-model costs what changed (before: every
+    changed chunk stored in full); a cast recorded as its own model is a recipe; a distilled student
+    (its teacher's outputs, not its weights) is not encoded against the teacher. Restores stay exact,
+    and survive the base version's removal and a gc."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    t = toy_tensors(seed=13, width=256)
+    write_model(tmp_path / "base", t)
+    assert cli("snapshot", tmp_path / "base", "--model", "base").rc == 0
+    ft = {k: (v + np.float32(1e-4) * np.sign(v) if v.dtype == np.float32 else v) for k, v in t.items()}
+    write_model(tmp_path / "ft", ft)
+
+    def added(model, *extra):
+        r = cli("snapshot", tmp_path / "ft", "--model", model, *extra, "--json")
+        assert r.rc == 0, r
+        return r.json()["new_stored_bytes"]
+
+    alone = added("ft-alone")  # no lineage: full encodings
+    assert cli("rm", "ft-alone@1").rc == 0 and cli("gc", "--grace", "0").rc == 0
+    distilled = added("student", "--base-model", "base@1", "--relation", "distilled")
+    assert distilled == alone
+    assert cli("rm", "student@1").rc == 0 and cli("gc", "--grace", "0").rc == 0
+    finetune = added("ft", "--base-model", "base@1", "--relation", "finetune")
+    assert finetune < alone / 2, (finetune, alone)
+    show = cli("show", "ft@1", "--json").json()
+    assert show["parent"] is None  # the version history is untouched: ft@1 is ft's first version
+
+    write_model(tmp_path / "bf16", t)
+    save_file({k: (torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v))
+               for k, v in t.items()}, str(tmp_path / "bf16" / "model.safetensors"))
+    r = cli("snapshot", tmp_path / "bf16", "--model", "base-bf16", "--base-model", "base@1", "--relation", "cast",
+            "--json")
+    assert r.rc == 0 and r.json()["new_stored_bytes"] < r.json()["new_raw_bytes"] / 50, r
+    rows = cli("sql", "SELECT DISTINCT source_model, source_version FROM tensor_derivations "
+                      "WHERE model = 'base-bf16'", "--json").json()
+    assert [(x["source_model"], x["source_version"]) for x in rows] == [("base", "1")]
+
+    assert cli("rm", "base@1").rc == 0 and cli("gc", "--grace", "0").rc == 0  # bases kept as delta bases
+    for model, src in (("ft", "ft"), ("base-bf16", "bf16")):
+        out = tmp_path / f"out-{model}"
+        assert cli("restore", f"{model}@1", out).rc == 0
+        assert tree_files(out) == tree_files(tmp_path / src)
+    assert cli("verify").rc == 0
+
+
+def test_parent_names_a_version_of_the_same_model(cli, toy_model):
+    assert cli("snapshot", toy_model, "--model", "base").rc == 0
+    r = cli("snapshot", toy_model, "--model", "ft", "--parent", "base@1")
+    assert r.rc != 0 and r.err.count("\n") == 1, r
+    assert "--parent takes a version of ft" in r.err and "--base-model base@1 --relation finetune" in r.err, r
+
+
 def test_cast_recipes_match_torch():
     torch = pytest.importorskip("torch")
     w = np.concatenate([weights(10, 10000), np.array([np.inf, -np.inf, 0, -0.0, 3.4e38, 1e-40], np.float32)])
