@@ -34,6 +34,7 @@ from weightvault.errors import (
     AlreadyExistsError,
     IntegrityError,
     InvalidInputError,
+    InvalidNameError,
     PickleRefusedError,
     VersionNotFoundError,
 )
@@ -338,7 +339,8 @@ def snapshot(
         parent: parent version label; default the model's latest version; "" for none. New
             chunks are stored as deltas and casts of the parent's tensors; a version with no
             parent uses the base of its first weight-derived lineage edge instead (a fine-tune
-            archived under its own name, ``--base-model bert@1``, costs what changed).
+            archived under its own name, ``--base-model bert@1``, costs what changed), else the
+            archived model its card's ``base_model`` names (:func:`lineage_base`).
         tags, message: recorded in the manifest.
         exclude: glob patterns of files to leave out.
         source_info: what to record as the source (default: the local path).
@@ -369,7 +371,7 @@ def snapshot(
     if encode is None:  # the engine: deltas against the parent, casts, float codecs
         from weightvault.archive import engine
 
-        encode = engine.make_encoder(store, parent_id or lineage_base(store, lineage), model)
+        encode = engine.make_encoder(store, parent_id or lineage_base(store, lineage, metadata.get("card")), model)
     writer = ChunkWriter(store, workers=workers, encode=encode)
     entries = []
     n_params = 0
@@ -434,17 +436,29 @@ def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None 
 WEIGHT_RELATIONS = ("finetune", "adapter", "merge", "quantized", "cast")
 
 
-def lineage_base(store: Store, lineage) -> str | None:
-    """The manifest a parentless version is encoded against: the in-store base of its first
-    weight-derived lineage edge (external ``hf:`` bases and damaged manifests are skipped)."""
-    for edge in lineage:
-        base = edge.get("base")
-        if base and edge.get("relation") in WEIGHT_RELATIONS:
+def lineage_base(store: Store, lineage, card: dict | None = None) -> str | None:
+    """The manifest a parentless version is encoded against, or None.
+
+    The in-store base of its first weight-derived lineage edge; with no lineage recorded, the
+    latest version of a model named as the card's ``base_model`` (a Hub repo archived under its
+    repo id, as ``snapshot hf:ORG/NAME`` names it). External and damaged bases are skipped.
+    """
+    candidates = [e["base"] for e in lineage if e.get("base") and e.get("relation") in WEIGHT_RELATIONS]
+    card = card or {}
+    if not lineage and (card.get("base_model_relation") or "finetune") in WEIGHT_RELATIONS:
+        for name in card.get("base_model") or ():
             try:
-                store.get_manifest(base)
-            except IntegrityError:
+                ref = latest_ref(store, ids.check_model_name(name))
+            except InvalidNameError:  # not a model name this store can hold
                 continue
-            return base
+            if ref is not None:
+                candidates.append(ref.manifest_id)
+    for base in candidates:
+        try:
+            store.get_manifest(base)
+        except IntegrityError:
+            continue
+        return base
     return None
 
 

@@ -14,6 +14,7 @@ from conftest import toy_tensors, tree_files, write_model
 from weightvault.archive import cast, codecs, delta, engine, floatsplit, ids
 from weightvault.archive.safetensors_header import build_file
 from weightvault.errors import ChunkCorruptError, DeltaBaseMissingError
+from weightvault.vault import Vault
 
 
 def bf16_rne(a: np.ndarray) -> np.ndarray:
@@ -282,6 +283,31 @@ def test_a_new_model_is_encoded_against_its_lineage_base(cli, tmp_path, store_di
         assert cli("restore", f"{model}@1", out).rc == 0
         assert tree_files(out) == tree_files(tmp_path / src)
     assert cli("verify").rc == 0
+
+
+def test_a_hub_style_family_is_encoded_against_the_cards_base_model(vault, tmp_path):
+    """A card's `base_model: org/base` names a model archived under that repo id (as `snapshot
+    hf:org/base` names it): with no lineage recorded, a first version is encoded against its latest
+    version. A card naming a model this store lacks changes nothing."""
+    t = toy_tensors(seed=14, width=256)
+    write_model(tmp_path / "base", t)
+    vault.snapshot(tmp_path / "base", "org/base")
+    ft = {k: (v + np.float32(1e-4) * np.sign(v) if v.dtype == np.float32 else v) for k, v in t.items()}
+
+    def card(base):
+        return {"README.md": f"---\nbase_model: {base}\nlicense: mit\n---\n# a fine-tune\n"}
+
+    write_model(tmp_path / "ft", ft, files=card("org/base"))
+    write_model(tmp_path / "other", ft, files=card("org/not-archived"))
+    other = Vault.init(tmp_path / "s2")  # the same bytes in a second store: nothing to dedup against
+    other.snapshot(tmp_path / "base", "org/base")
+    full = other.snapshot(tmp_path / "other", "org/other")
+    assert not any(i[2].startswith("delta-") for i in full.stats.new_chunk_info.values())
+    r = vault.snapshot(tmp_path / "ft", "org/ft")
+    assert r.manifest.parent is None and r.stats.new_stored_bytes < full.stats.new_stored_bytes / 2
+    assert any(i[2].startswith("delta-") for i in r.stats.new_chunk_info.values())
+    vault.restore("org/ft@1", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "ft")
 
 
 def test_parent_names_a_version_of_the_same_model(cli, toy_model):
