@@ -78,8 +78,9 @@ def register(sub, common):
 
 def add_snapshot_options(p) -> None:
     """Provenance options of `weightvault snapshot` (called from commands/core.py)."""
-    p.add_argument("--base-model", metavar="REF", help="base of this version: NAME@V here or hf:ORG/NAME (one here is also "
-                        "what a first version is stored against, unless --relation distilled)")
+    p.add_argument("--base-model", metavar="REF",
+                   help="base of this version: NAME@V here or hf:ORG/NAME (one here is also what a first "
+                        "version is stored against, unless --relation distilled)")
     p.add_argument("--relation", choices=RELATIONS, default="finetune", help="relation to --base-model")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME[@V]:ROLE",
                    help="dataset used, e.g. alpaca@1:finetune (repeatable)")
@@ -161,7 +162,8 @@ def cmd_dataset_list(args):
     if args.json:
         print_json([dict(zip(cols, r)) for r in rows])
     elif not rows:
-        out_console().print("no datasets recorded: add one with `weightvault dataset add NAME --path FILE`", markup=False)
+        out_console().print("no datasets recorded: add one with `weightvault dataset add NAME --path FILE`",
+                            markup=False)
     else:
         out_console().print(table(["name", "version", "license", "cutoff", "rows", "tokens", "hash", "source"],
                                   [(*r[:6], (r[6] or "")[:19], r[7]) for r in rows]))
@@ -232,7 +234,8 @@ def cmd_lineage(args):
         eid = pv.add_lineage(v, args.ref, args.add_base, args.relation, run_id=args.run_id,
                              prompt_set_hash=args.prompt_set_hash, settings=_json_arg(args.settings, "--settings"))
         if not args.json:
-            err_console().print(f"recorded: {args.ref} {args.relation} of {args.add_base} (event {eid[:16]})", markup=False)
+            err_console().print(f"recorded: {args.ref} {args.relation} of {args.add_base} (event {eid[:16]})",
+                                markup=False)
     elif args.relation or args.run_id or args.prompt_set_hash or args.settings:
         raise UsageError("--relation/--run-id/--prompt-set-hash/--settings go with --add-base")
     tree = pv.lineage_tree(v, args.ref)

@@ -64,7 +64,8 @@ def cmd_distill(args):
         err_console().print(f"run [bold]{res.run_id}[/]: {res.rows} rows, {res.tokens} tokens in {res.seconds:.1f}s "
                             f"({res.tokens / max(res.seconds, 1e-9):.0f} tok/s) -> {escape(str(res.output))}")
         err_console().print(f"  teacher {res.payload['teacher']['ref']} on {res.payload['device']} "
-                            f"({res.payload['dtype']}); prompts and output archived as {res.payload['data']['ref']}", markup=False)
+                            f"({res.payload['dtype']}); prompts and output archived as {res.payload['data']['ref']}",
+                            markup=False)
 
 
 def _summary(res) -> dict:
