@@ -222,6 +222,30 @@ def convert_file(src: SourceFile, out_dir: Path) -> tuple[SourceFile, Conversion
     return SourceFile(out_rel, target, target.stat().st_size), conv
 
 
+def check(source, kw: dict) -> tuple[list[SourceFile], list[SourceFile]]:
+    """What :func:`converted` will refuse, found without loading any weights.
+
+    Lists the folder, checks every pickle's archive shape and opcodes (it reads data.pkl, not the
+    tensors) and the converted names against the files beside them.
+
+    Returns:
+        (the files kept as they are, the pickles to convert).
+    """
+    files = kw.get("files") or scan_folder(Path(source), tuple(kw.get("exclude", ())))
+    names = {f.rel for f in files}
+    kept, pickles = [], []
+    for f in files:
+        if not looks_pickled(f.path):
+            kept.append(f)
+            continue
+        if converted_name(f.rel) in names:
+            raise InvalidInputError(f"{f.rel}: {converted_name(f.rel)} already exists beside it",
+                                    hint=f"archive the safetensors file and --exclude '{f.rel}'")
+        scan_pickle(_torch_archive_pickle(f.path, f.rel), f.rel)
+        pickles.append(f)
+    return kept, pickles
+
+
 @contextmanager
 def converted(source, kw: dict):
     """Yield snapshot keyword arguments with every pickle replaced by its safetensors conversion.
@@ -232,18 +256,11 @@ def converted(source, kw: dict):
     """
     import torch
 
-    files = kw.get("files") or scan_folder(Path(source), tuple(kw.get("exclude", ())))
-    names = {f.rel for f in files}
+    new_files, pickles = check(source, kw)
     out_dir = Path(tempfile.mkdtemp(prefix="weightvault-convert-"))
     try:
-        new_files, records = [], []
-        for f in files:
-            if not looks_pickled(f.path):
-                new_files.append(f)
-                continue
-            if converted_name(f.rel) in names:
-                raise InvalidInputError(f"{f.rel}: {converted_name(f.rel)} already exists beside it",
-                                        hint=f"archive the safetensors file and --exclude '{f.rel}'")
+        records = []
+        for f in pickles:
             nf, conv = convert_file(f, out_dir)
             new_files.append(nf)
             records.append(conv.to_dict(torch.__version__))

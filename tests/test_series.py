@@ -76,6 +76,40 @@ def test_a_bad_folder_anywhere_refuses_the_series_before_anything_is_written(tmp
     assert [x.version for x in vault.store.list_refs("run7")] == ["1"]
 
 
+def test_convert_pickle_series_checks_every_pickle_before_anything_is_written(tmp_path, cli, store_dir, vault):
+    """With --convert-pickle the up-front check covers each pickle's archive and opcodes too: an
+    unsafe third checkpoint refuses the series with the first two still unarchived."""
+    torch = pytest.importorskip("torch")
+    import os
+    import pickle
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    folders = []
+    for i in range(3):
+        f = tmp_path / f"checkpoint-{i + 1}"
+        f.mkdir()
+        (f / "config.json").write_text("{}")
+        torch.save({"w": torch.full((64,), float(i))}, f / "pytorch_model.bin")
+        folders.append(f)
+    (folders[2] / "pytorch_model.bin").unlink()
+    with zipfile.ZipFile(folders[2] / "pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Evil(), protocol=2))
+    vault.catalog.sync()
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", *folders, "--model", "run8", "--convert-pickle")
+    assert r.rc != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert "pytorch_model.bin" in r.err and "system" in r.err, r
+    assert store_snapshot_state(store_dir) == before and not vault.store.list_refs("run8")
+    (folders[2] / "pytorch_model.bin").unlink()
+    torch.save({"w": torch.full((64,), 2.0)}, folders[2] / "pytorch_model.bin")
+    r = cli("snapshot", *folders, "--model", "run8", "--convert-pickle", "--json")
+    assert r.rc == 0 and [o["version"] for o in r.json()] == ["1", "2", "3"], r
+
+
 @pytest.mark.parametrize("flag", [["--version", "v9"], ["--tag", "prod"]])
 def test_options_that_name_one_version_are_refused_with_several_folders(flag, tmp_path, cli, store_dir):
     folders = checkpoints(tmp_path, n=2)
