@@ -123,13 +123,15 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def table(columns, rows, title: str | None = None, total=None):
-    """A rich table; cells are data, never markup. ``total``: a last row, set apart and in bold."""
+def table(columns, rows, title: str | None = None, total=None, fold: tuple[int, ...] = ()):
+    """A rich table; cells are data, never markup. ``total``: a last row, set apart and in bold.
+    ``fold``: columns whose cells wrap onto more lines rather than end in "…" when the terminal is
+    narrow (a tensor name cut short is no use)."""
     from rich.table import Table
 
     t = Table(title=title, show_edge=False, header_style="bold")
-    for c in columns:
-        t.add_column(str(c))
+    for i, c in enumerate(columns):
+        t.add_column(str(c), overflow="fold" if i in fold else "ellipsis")
     for r in rows:
         t.add_row(*_cells(r))
     if total is not None:

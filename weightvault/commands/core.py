@@ -255,7 +255,7 @@ def cmd_show(args):
                    for f in m.files]))
     if args.tensors:
         c.print(table(["file", "tensor", "dtype", "shape"],
-                      [(f.path, t.name, t.dtype, shape(t.shape)) for f in m.files for t in f.tensors]))
+                      [(f.path, t.name, t.dtype, shape(t.shape)) for f in m.files for t in f.tensors], fold=(0, 1)))
 
 
 def cmd_restore(args):

@@ -110,11 +110,6 @@ def _write_atomic(path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _folded(t):
-    t.columns[0].overflow = "fold"  # a tensor or layer name cut short is no use
-    return t
-
-
 def _n(x) -> str:
     from weightvault.report import _num
 
@@ -138,18 +133,19 @@ def print_diff(d: dict, *, top: int = TOP, show_all: bool = False) -> None:
             + f"  ({s['chunks_read']} chunks decoded, {s['seconds']:.2f}s)")
     layers = [x for x in d["layers"] if x["changed"] or x["structural"]] if not show_all else d["layers"]
     if layers:
-        c.print(_folded(table(["layer", "tensors", "changed", "structural", "rel L2", "max rel L2", "max |B-A|"],
+        c.print(table(["layer", "tensors", "changed", "structural", "rel L2", "max rel L2", "max |B-A|"],
                       [(x["layer"], x["tensors"], x["changed"], x["structural"], _n(x["rel_l2"]),
                         _n(layer_max_rel(x)), _n(x["max_abs_diff"])) for x in layers[:top]],
-                      title="layers, most changed first")))
+                      title="layers, most changed first", fold=(0,)))
     rows = [t for t in d["tensors"] if show_all or t["status"] != "same"]
     rows.sort(key=lambda t: (t["status"] == "same", -(rel_change(t) if rel_change(t) is not None else float("inf"))))
     if rows:
         shown = rows if show_all else rows[:top]
-        c.print(_folded(table(["tensor", "status", "rel L2", "cosine", "max |B-A|", "changed"],
+        c.print(table(["tensor", "status", "rel L2", "cosine", "max |B-A|", "changed"],
                       [(t["name"], t["status"], _n(rel_change(t)), _cos(t["cosine"]), _n(t["max_abs_diff"]),
                         _n(t["frac_changed"])) for t in shown],
-                      title=f"tensors ({len(shown)} of {len(rows)} shown)" if len(shown) < len(rows) else "tensors")))
+                      title=f"tensors ({len(shown)} of {len(rows)} shown)" if len(shown) < len(rows) else "tensors",
+                      fold=(0,)))
     files = [f for f in d["files"] if f["status"] != "same"]
     if files:
         c.print(table(["file", "status"], [(f["path"], f["status"]) for f in files], title="files"))
