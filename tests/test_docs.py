@@ -43,3 +43,19 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     cmd = next(line for line in readme.splitlines() if "python -m pytest" in line)
     assert cmd.strip() in ci
+
+
+def test_docs_generator_has_a_check_mode_that_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_docs, "DOCS", tmp_path)
+    assert _docs.main(["--check"]) == 1 and not list(tmp_path.iterdir())  # missing: stale, nothing written
+    assert _docs.main([]) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["catalog.md", "cli.md"]
+    assert _docs.main(["--check"]) == 0
+    (tmp_path / "catalog.md").write_text("old")
+    assert _docs.main(["--check"]) == 1 and (tmp_path / "catalog.md").read_text() == "old"
+
+
+def test_catalog_reference_lists_the_table_macros():
+    text = (ROOT / "docs" / "catalog.md").read_text()
+    for sig in ("ancestors(of_model, of_version)", "descendants(of_model, of_version)",
+                "students_of(of_model, of_version)", "trained_on(of_dataset, of_version)"):
+        assert f"## table macro `{sig}`" in text, sig

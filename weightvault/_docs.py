@@ -59,7 +59,7 @@ def catalog_markdown() -> str:
     con = duckdb.connect()
     migrations.migrate(con)
     parts = ["# weightvault catalog reference", "",
-             "Every table and view of the DuckDB catalog, generated from the migrations in "
+             "Every table, view and table macro of the DuckDB catalog, generated from the migrations in "
              "`schemas/catalog/` by `python -m weightvault._docs`; do not edit by hand.", "",
              "## Migrations", ""]
     parts += [f"- `{name}`" for _, name, _ in schemas.catalog_migrations()]
@@ -71,13 +71,31 @@ def catalog_markdown() -> str:
         for col, typ in con.execute("SELECT column_name, data_type FROM information_schema.columns "
                                     "WHERE table_name = ? ORDER BY ordinal_position", [name]).fetchall():
             parts.append(f"| {col} | {typ} |")
+    macros = con.execute("SELECT function_name, parameters FROM duckdb_functions() WHERE schema_name = 'main' "
+                         "AND function_type = 'table_macro' AND NOT internal ORDER BY function_name").fetchall()
+    for name, params in macros:
+        parts += ["", f"## table macro `{name}({', '.join(params)})`", "",
+                  f"Use it as a table: `FROM {name}(...)`. Its columns:", "", "| column | type |", "|---|---|"]
+        nulls = ", ".join("NULL" for _ in params)
+        for col, typ, *_ in con.execute(f"DESCRIBE SELECT * FROM {name}({nulls})").fetchall():
+            parts.append(f"| {col} | {typ} |")
     con.close()
     return "\n".join(parts) + "\n"
 
 
-def main() -> int:
-    (DOCS / "cli.md").write_text(cli_markdown() + "\n")
-    (DOCS / "catalog.md").write_text(catalog_markdown())
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m weightvault._docs",
+                                 description="Write docs/cli.md (from --help) and docs/catalog.md (from the "
+                                             "migrations).")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when either file is out of date")
+    args = ap.parse_args(argv)
+    want = {DOCS / "cli.md": cli_markdown() + "\n", DOCS / "catalog.md": catalog_markdown()}
+    if args.check:
+        stale = [str(p) for p, text in want.items() if not p.exists() or p.read_text() != text]
+        print(f"out of date: {', '.join(stale)}" if stale else "docs up to date", file=sys.stderr)
+        return 1 if stale else 0
+    for p, text in want.items():
+        p.write_text(text)
     print(f"wrote {DOCS / 'cli.md'} and {DOCS / 'catalog.md'}", file=sys.stderr)
     return 0
 

@@ -86,7 +86,7 @@ def register(sub, common):
     p.add_argument("--subset", type=float, metavar="PCT", help="re-hash a random PCT%% of the chunks")
     p.set_defaults(func=cmd_verify)
 
-    p = add_command(sub, "catalog", help="catalog maintenance: rebuild, sync, path",
+    p = add_command(sub, "catalog", help="catalog maintenance: rebuild, sync, path, export",
                     example="weightvault catalog rebuild")
     csub = p.add_subparsers(dest="catalog_cmd", metavar="ACTION")
     csub.required = True
@@ -99,7 +99,7 @@ def register(sub, common):
     c = add_command(csub, "path", help="print the DuckDB file's path (open it with duckdb -readonly)",
                     example="duckdb -readonly $(weightvault catalog path)")
     c.set_defaults(func=cmd_catalog_path)
-    c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet",
+    c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet (views and macros derive from them)",
                     example="weightvault catalog export ./catalog-parquet", parents=[common])
     c.add_argument("dir", help="output folder, or s3://BUCKET/PATH to write into a bucket")
     c.set_defaults(func=cmd_catalog_export)

@@ -75,7 +75,8 @@ def cmd_rm(args):
         print_json({"model": res.model, "version": res.version, "manifest_id": res.manifest_id,
                     "event_id": res.event_id})
     else:
-        err_console().print(f"removed {res.model}@{res.version}; run `weightvault gc` to free its unshared bytes")
+        err_console().print(f"removed {res.model}@{res.version}; `weightvault gc` frees its unshared bytes once "
+                            "they are older than its --grace (default 1h)", markup=False)
 
 
 def cmd_gc(args):
