@@ -190,6 +190,25 @@ def test_lineage_and_storage_facts(family, cli):
     assert rows[0][0] == 52 and rows[0][1].startswith("sha256:")
 
 
+def test_a_removed_base_keeps_its_name_in_lineage(family, cli):
+    """`rm tiny-base@1` drops its versions row; its descendants' lineage names it from the removal
+    record (before: `lineage` drew "None@None" and ancestors() returned an empty name), after a
+    catalog rebuild too."""
+    ok(cli("rm", "tiny-base@1", "--reason", "superseded"))
+    for _ in range(2):
+        r = ok(cli("lineage", "tiny-ft@1", "--json")).json()
+        assert [(b["relation"], b["model"], b["version"], b.get("removed")) for b in r["bases"]] == [
+            ("finetune", "tiny-base", "1", True)]
+        tree = ok(cli("lineage", "tiny-ft-fp16@1")).out
+        assert "finetune tiny-base@1 (removed)" in tree and "None" not in tree, tree
+        _, rows = family.sql("SELECT depth, relation, ancestor_model, ancestor_version "
+                             "FROM ancestors('tiny-ft-fp16', '1')")
+        assert rows == [(1, "cast", "tiny-ft", "1"), (2, "finetune", "tiny-base", "1")]
+        _, rows = family.sql("SELECT base_model, base_version FROM lineage WHERE model = 'tiny-ft'")
+        assert rows == [("tiny-base", "1")]
+        family.catalog.rebuild()
+
+
 def test_tags_move_keep_history_and_resolve(family, cli):
     assert str(family.resolve("other@prod")) == "other@2"
     assert str(family.resolve("tiny-ft@candidate")) == "tiny-ft@1"

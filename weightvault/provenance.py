@@ -205,22 +205,26 @@ def lineage_tree(vault, ref) -> dict:
 
     Returns:
         ``{"model", "version", "version_id", "datasets": [...], "bases": [{"relation", ...node}],
-        "derived": [{"relation", ...node}]}``; external bases have ``"ref"`` instead of a version.
+        "derived": [{"relation", ...node}]}``; external bases have ``"ref"`` instead of a version,
+        and a base removed with ``rm`` keeps its name with ``"removed": true``.
     """
     r = vault.resolve(ref)
     _, edges = vault.sql("SELECT child_id, base_id, base_ref, relation, run_id FROM version_edges")
     _, names = vault.sql("SELECT version_id, model, version FROM versions")
+    _, removed = vault.sql("SELECT version_id, model, version FROM removed_versions")
     _, links = vault.sql("SELECT l.version_id, l.dataset, l.dataset_version, l.role, d.license "
                          "FROM version_datasets l LEFT JOIN datasets d "
                          "ON d.name = l.dataset AND d.version = l.dataset_version ORDER BY 2, 3, 4")
     name = {vid: (m, v) for vid, m, v in names}
+    gone = {vid: (m, v) for vid, m, v in removed if vid not in name}  # `rm`ed: named by its removal record
     data: dict[str, list] = {}
     for vid, dname, dver, role, lic in links:
         data.setdefault(vid, []).append({"dataset": dname, "dataset_version": dver, "role": role, "license": lic})
 
     def node(vid, seen):
-        m, v = name.get(vid, (None, None))
-        return {"model": m, "version": v, "version_id": vid, "datasets": data.get(vid, []), **seen}
+        m, v = name.get(vid) or gone.get(vid) or (None, None)
+        return {"model": m, "version": v, "version_id": vid, "datasets": data.get(vid, []),
+                **({"removed": True} if vid in gone else {}), **seen}
 
     def up(vid, seen):
         out = []

@@ -204,7 +204,8 @@ def _tree_label(node: dict) -> str:
     head = f"[cyan]{rel}[/] " if rel else ""
     name = escape(node["ref"]) if node.get("ref") else f"[bold]{node['model']}@{node['version']}[/]"
     run = f" [dim](run {node['run_id']})[/]" if node.get("run_id") else ""
-    return head + name + run + (" [red](cycle)[/]" if node.get("cycle") else "")
+    return (head + name + run + (" [dim](removed)[/]" if node.get("removed") else "")
+            + (" [red](cycle)[/]" if node.get("cycle") else ""))
 
 
 def _add_datasets(branch, node):

@@ -1,0 +1,38 @@
+-- 0006_removed_bases: an ancestor removed with `weightvault rm` keeps its name in the lineage views.
+-- Its versions row is gone, but its removal record (an event in the store) still names it; before
+-- this migration `lineage` showed its base as NULL@NULL and `ancestors()` returned an empty name.
+
+-- Model and version of every removed manifest (a rerun of an interrupted rm may record it twice).
+CREATE VIEW removed_versions AS
+SELECT version_id, any_value(model) AS model, any_value(version) AS version, min(removed_at) AS removed_at
+FROM version_removals GROUP BY version_id;
+
+CREATE OR REPLACE VIEW lineage AS
+SELECT c.model, c.version, e.relation, coalesce(b.model, r.model) AS base_model,
+       coalesce(b.version, r.version) AS base_version, e.base_ref,
+       e.run_id, e.prompt_set_hash, e.settings, e.origin, e.version_id, e.base_id
+FROM lineage_edges e
+JOIN versions c ON c.version_id = e.version_id
+LEFT JOIN versions b ON b.version_id = e.base_id
+LEFT JOIN removed_versions r ON r.version_id = e.base_id AND b.version_id IS NULL;
+
+CREATE OR REPLACE VIEW version_ancestors AS
+WITH RECURSIVE walk(version_id, via_id, ancestor_id, ancestor_ref, relation, run_id, own_relation, own_run_id,
+                    depth, path) AS (
+    SELECT child_id, child_id, base_id, base_ref, relation, run_id, relation, run_id, 1, [child_id]
+    FROM version_edges
+    UNION ALL
+    SELECT w.version_id, e.child_id, e.base_id, e.base_ref, e.relation, e.run_id, w.own_relation, w.own_run_id,
+           w.depth + 1,
+           list_append(w.path, e.child_id)
+    FROM walk w JOIN version_edges e ON e.child_id = w.ancestor_id
+    WHERE NOT coalesce(list_contains(w.path, e.base_id), false) AND w.depth < 64  -- cycle guard
+)
+SELECT w.version_id, v.model, v.version, w.depth, w.relation, w.ancestor_id,
+       coalesce(a.model, r.model) AS ancestor_model, coalesce(a.version, r.version) AS ancestor_version,
+       CASE WHEN w.ancestor_id IS NULL THEN w.ancestor_ref END AS ancestor_ref, w.via_id, w.run_id,
+       w.own_relation, w.own_run_id
+FROM walk w
+JOIN versions v ON v.version_id = w.version_id
+LEFT JOIN versions a ON a.version_id = w.ancestor_id
+LEFT JOIN removed_versions r ON r.version_id = w.ancestor_id AND a.version_id IS NULL;
