@@ -308,6 +308,11 @@ def test_a_hub_style_family_is_encoded_against_the_cards_base_model(vault, tmp_p
     assert any(i[2].startswith("delta-") for i in r.stats.new_chunk_info.values())
     vault.restore("org/ft@1", tmp_path / "out")
     assert tree_files(tmp_path / "out") == tree_files(tmp_path / "ft")
+    # the lineage views name the same base (the card's edge is hf:org/base)
+    assert vault.sql("SELECT relation, ancestor_model, ancestor_version FROM ancestors('org/ft', '1')")[1] == [
+        ("finetune", "org/base", "1")]
+    assert other.sql("SELECT ancestor_model, ancestor_ref FROM ancestors('org/other', '1')")[1] == [
+        (None, "hf:org/not-archived")]
 
 
 def test_parent_names_a_version_of_the_same_model(cli, toy_model):

@@ -1,6 +1,22 @@
 -- 0006_removed_bases: an ancestor removed with `weightvault rm` keeps its name in the lineage views.
 -- Its versions row is gone, but its removal record (an event in the store) still names it; before
 -- this migration `lineage` showed its base as NULL@NULL and `ancestors()` returned an empty name.
+-- And an unpinned external base 'hf:org/name' (what a model card's base_model says) also resolves
+-- to the latest version of a model named 'org/name' when no Hub snapshot of that repo is archived:
+-- the base snapshot encodes such a version against (archive/snapshot.py lineage_base).
+
+CREATE OR REPLACE VIEW version_edges AS
+SELECT e.version_id AS child_id,
+       coalesce(e.base_id,
+                (SELECT arg_max(h.version_id, h.created_at) FROM versions h
+                 WHERE h.source_uri = split_part(e.base_ref, '@', 1)
+                   AND (e.base_ref NOT LIKE '%@%' OR h.source_revision = split_part(e.base_ref, '@', 2))),
+                (SELECT arg_max(h.version_id, h.created_at) FROM versions h
+                 WHERE e.base_ref NOT LIKE '%@%' AND 'hf:' || h.model = e.base_ref)) AS base_id,
+       e.base_ref, e.relation, e.run_id
+FROM lineage_edges e
+UNION ALL
+SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL;
 
 -- Model and version of every removed manifest (a rerun of an interrupted rm may record it twice).
 CREATE VIEW removed_versions AS
