@@ -337,6 +337,18 @@ def test_dataset_list(tmp_path, cli):
     assert [line.split("│")[0].strip() for line in human.splitlines() if "│" in line] == ["alpaca", "wiki"], human
 
 
+def test_bad_dataset_flags_and_catalog_writes_name_what_to_do(cli):
+    r = cli("dataset", "add", "wiki", "--cutoff", "2023-13-45")
+    assert r.rc == 4 and r.err.startswith("error: dataset add: --cutoff: '2023-13-45' is not a date"), r
+    assert "flags" not in r.err and "→ fix --cutoff" in r.err
+    r = cli("dataset", "add", "wiki", "--tokens", "-5")
+    assert r.rc == 4 and "dataset add: --tokens:" in r.err, r
+    r = cli("sql", "DELETE FROM versions")
+    assert r.rc == 4 and "read-only index of the store" in r.err and "weightvault catalog export" in r.err, r
+    r = cli("sql", "SELEC 1")
+    assert r.rc == 4 and "SHOW ALL TABLES" in r.err, r
+
+
 def test_dataset_fingerprint_folder(tmp_path, cli):
     import duckdb
 

@@ -176,10 +176,12 @@ class Vault:
         if not sources:
             raise UsageError("no folders to archive")
         if len(sources) > 1:
-            for key, what in (("version", "--version"), ("tags", "--tag")):
+            for key, what, hint in (
+                    ("version", "--version", "archive them without it (versions are numbered in order), or "
+                                             "one folder per call to choose each label"),
+                    ("tags", "--tag", "archive them without it, then `weightvault tag NAME@V TAG`")):
                 if kw.get(key):
-                    raise UsageError(f"{what} names one version, and {len(sources)} folders were given",
-                                     hint="archive them without it, then `weightvault tag NAME@V TAG`")
+                    raise UsageError(f"{what} names one version, and {len(sources)} folders were given", hint=hint)
         total = 0
         for source in sources:
             if hub.is_hub_ref(source):
@@ -295,7 +297,11 @@ class Vault:
             try:
                 cur = con.execute(query, params or [])
             except duckdb_module().Error as e:
-                raise QueryError(f"SQL error: {str(e).splitlines()[0]}") from None
+                first = str(e).splitlines()[0]
+                hint = ("the catalog is a read-only index of the store: record changes with weightvault's "
+                        "commands (dataset add, link, tag, eval, rm), or query a copy made with "
+                        "`weightvault catalog export`") if "read-only" in first else None
+                raise QueryError(f"SQL error: {first}", hint=hint) from None
             if cur.description is None:
                 return [], []
             return [d[0] for d in cur.description], cur.fetchall()

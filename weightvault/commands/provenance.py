@@ -123,7 +123,7 @@ def cmd_dataset_add(args):
     from weightvault import provenance as pv
     from weightvault._ui import err_console, print_json
     from weightvault.catalog import datasets as ds
-    from weightvault.errors import UsageError
+    from weightvault.errors import InvalidInputError, RecordValidationError, UsageError
 
     from pathlib import Path
 
@@ -146,11 +146,24 @@ def cmd_dataset_add(args):
             record.setdefault("n_rows", fp.n_rows)
         record.setdefault("source_uri", str(Path(fp.path).absolute()))
     v = open_vault(args)
-    eid, rec = pv.add_dataset(v, record, source=source, replace=args.replace)
+    try:
+        eid, rec = pv.add_dataset(v, record, source=source, replace=args.replace)
+    except RecordValidationError as e:
+        if source != "flags":
+            raise
+        flag = _DATASET_FLAGS.get(e.field, e.field)
+        raise InvalidInputError(f"dataset add: {flag}: {e.reason}",
+                                hint=e.hint or f"fix {flag}; `weightvault dataset add --help` lists the fields") from None
     if args.json:
         print_json({**rec, "event_id": eid})
     else:
         err_console().print(f"recorded dataset [bold]{rec['name']}@{rec['version']}[/] (event {eid[:16]})")
+
+
+# dataset record field -> the `dataset add` flag that sets it, for error messages
+_DATASET_FLAGS = {"name": "NAME", "cutoff_date": "--cutoff", "n_tokens": "--tokens", "n_rows": "--rows",
+                  "source_uri": "--source-uri", "content_hash": "--content-hash", "license": "--license",
+                  "version": "--version", "description": "--description", "extra": "--extra"}
 
 
 def cmd_dataset_list(args):
