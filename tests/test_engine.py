@@ -315,6 +315,29 @@ def test_a_hub_style_family_is_encoded_against_the_cards_base_model(vault, tmp_p
         (None, "hf:org/not-archived")]
 
 
+def test_python_snapshot_takes_base_model_and_datasets_like_the_cli(vault, tmp_path):
+    """Vault.snapshot(base_model=..., datasets=...) records what --base-model/--dataset record, and
+    the base is what the first version is encoded against; a bad dataset refuses before writing."""
+    from weightvault import provenance as pv
+    from weightvault.errors import NotFoundError
+
+    t = toy_tensors(seed=15, width=256)
+    write_model(tmp_path / "base", t)
+    vault.snapshot(tmp_path / "base", "base")
+    write_model(tmp_path / "ft", {k: (v + np.float32(1e-4) * np.sign(v) if v.dtype == np.float32 else v)
+                                  for k, v in t.items()})
+    pv.add_dataset(vault, {"name": "alpaca", "license": "CC-BY-NC-4.0"})
+    with pytest.raises(NotFoundError):
+        vault.snapshot(tmp_path / "ft", "ft", base_model="base@1", datasets="nope:finetune")
+    assert not vault.store.list_refs("ft")
+    r = vault.snapshot(tmp_path / "ft", "ft", base_model="base@1", datasets="alpaca:finetune")
+    assert any(i[2].startswith("delta-") for i in r.stats.new_chunk_info.values())
+    assert vault.sql("SELECT relation, base_model, base_version FROM lineage WHERE model = 'ft'")[1] == [
+        ("finetune", "base", "1")]
+    assert vault.sql("SELECT dataset, role FROM version_datasets JOIN versions USING (version_id) "
+                     "WHERE model = 'ft'")[1] == [("alpaca", "finetune")]
+
+
 def test_parent_names_a_version_of_the_same_model(cli, toy_model):
     assert cli("snapshot", toy_model, "--model", "base").rc == 0
     r = cli("snapshot", toy_model, "--model", "ft", "--parent", "base@1")

@@ -117,6 +117,21 @@ def snapshot_links(vault, specs) -> list[dict]:
     return out
 
 
+def snapshot_provenance(vault, kw: dict, *, base_model: str | None = None, relation: str = "finetune",
+                        datasets=()) -> dict:
+    """``kw`` for a snapshot with a ``base_model`` lineage edge and ``datasets`` links added, each
+    resolved and checked now (``--base-model``, ``--relation``, ``--dataset``)."""
+    kw = dict(kw)
+    if base_model:
+        kw["lineage"] = (*kw.get("lineage", ()), lineage_edge(vault, base_model, relation))
+    if datasets:
+        specs = [datasets] if isinstance(datasets, str) else list(datasets)
+        meta = dict(kw.get("metadata") or {})
+        meta["links"] = [*meta.get("links", ()), *snapshot_links(vault, specs)]
+        kw["metadata"] = meta
+    return kw
+
+
 # -- lineage ----------------------------------------------------------------------
 
 

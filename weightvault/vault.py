@@ -115,14 +115,27 @@ class Vault:
 
     # -- write ---------------------------------------------------------------
 
-    def snapshot(self, source, model: str, *, sync_catalog: bool = True, **kw):
+    def snapshot(self, source, model: str, *, base_model: str | None = None, relation: str = "finetune",
+                 datasets=(), sync_catalog: bool = True, **kw):
         """Archive a folder as a new version; see :func:`weightvault.archive.snapshot.snapshot`.
 
-        ``sync_catalog=False`` leaves the catalog to the next read or sync (it is an index of the
-        store, which already holds the version): :meth:`snapshot_series` updates it once for all.
+        Args:
+            base_model: ``NAME@V`` in this store or ``hf:ORG/NAME``, as ``--base-model``: records a
+                lineage edge of ``relation``, and a model's first version is stored as deltas and
+                casts of that base.
+            datasets: ``"NAME[@V]:ROLE"`` strings, as ``--dataset``.
+            sync_catalog: False leaves the catalog to the next read or sync (it is an index of the
+                store, which already holds the version): :meth:`snapshot_series` updates it once.
+
+        >>> # v.snapshot("./bert-ft", "bert-ft", base_model="bert@1", datasets=["alpaca:finetune"])
         """
         from weightvault.archive import hub
         from weightvault.archive.snapshot import snapshot
+
+        if base_model or datasets:  # resolved and checked before anything is written
+            from weightvault import provenance as pv
+
+            kw = pv.snapshot_provenance(self, kw, base_model=base_model, relation=relation, datasets=datasets)
 
         if hub.is_hub_ref(source):  # hf:ORG/NAME[@REV]: pinned commit, blobs checked against etags
             h = hub.fetch(source, exclude=tuple(kw.get("exclude", ())))

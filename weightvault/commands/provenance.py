@@ -88,16 +88,13 @@ def add_snapshot_options(p) -> None:
 
 def snapshot_extras(v, args) -> dict:
     """Keyword arguments for Vault.snapshot from the provenance options (checked before anything is written)."""
-    kw = {}
     if not (getattr(args, "base_model", None) or getattr(args, "dataset", None)):
-        return kw  # most snapshots: no need to import the provenance layer (~10 ms)
+        return {}  # most snapshots: no need to import the provenance layer (~10 ms)
     from weightvault import provenance as pv
 
-    if getattr(args, "base_model", None):
-        kw["lineage"] = (pv.lineage_edge(v, args.base_model, args.relation),)
-    if getattr(args, "dataset", None):
-        kw["metadata"] = {"links": pv.snapshot_links(v, args.dataset)}
-    return kw
+    return pv.snapshot_provenance(v, {}, base_model=getattr(args, "base_model", None),
+                                  relation=getattr(args, "relation", None) or "finetune",
+                                  datasets=getattr(args, "dataset", None) or ())
 
 
 def _json_arg(text, flag: str):
