@@ -89,10 +89,14 @@ def remove_version(store: Store, model: str, version: str, *, reason: str = "",
         ref = store.get_ref(model, version)
         if ref is None:
             raise VersionNotFoundError(model, version)
-        eid = store.put_event("removed", {
-            "model": model, "version": version, "manifest": ref.manifest_id,
-            "created_at": ref.created_at, "reason": reason,
-        })
+        payload = {"model": model, "version": version, "manifest": ref.manifest_id,
+                   "created_at": ref.created_at, "reason": reason}
+        try:  # its edges, so the lineage of what derives from it still reaches past it
+            m = store.get_manifest(ref.manifest_id)
+            payload.update(parent=m.parent, lineage=list(m.lineage))
+        except IntegrityError:
+            pass  # a damaged version can still be removed (gc and verify advise it)
+        eid = store.put_event("removed", payload)
         store.delete_ref(model, version)
     return RemovedVersion(model, version, ref.manifest_id, eid)
 

@@ -209,6 +209,23 @@ def test_a_removed_base_keeps_its_name_in_lineage(family, cli):
         family.catalog.rebuild()
 
 
+def test_the_lineage_walk_goes_on_past_a_removed_version(family, cli):
+    """rm records the removed manifest's parent and lineage, so removing the middle of
+    base -> fine-tune -> fp16 cast keeps the cast's whole ancestry, after a rebuild too."""
+    ok(cli("rm", "tiny-ft@1"))
+    for _ in range(2):
+        _, rows = family.sql("SELECT depth, relation, ancestor_model, ancestor_version "
+                             "FROM ancestors('tiny-ft-fp16', '1')")
+        assert rows == [(1, "cast", "tiny-ft", "1"), (2, "finetune", "tiny-base", "1")]
+        _, rows = family.sql("SELECT depth, descendant_model FROM descendants('tiny-base', '1') ORDER BY 1, 2")
+        assert rows == [(2, "student-a"), (2, "student-b"), (2, "tiny-ft-fp16")]  # the removed one is no row
+        r = ok(cli("lineage", "tiny-ft-fp16@1", "--json")).json()
+        (ft,) = r["bases"]
+        assert (ft["model"], ft.get("removed")) == ("tiny-ft", True)
+        assert [(b["relation"], b["model"]) for b in ft["bases"]] == [("finetune", "tiny-base")]
+        family.catalog.rebuild()
+
+
 def test_tags_move_keep_history_and_resolve(family, cli):
     assert str(family.resolve("other@prod")) == "other@2"
     assert str(family.resolve("tiny-ft@candidate")) == "tiny-ft@1"

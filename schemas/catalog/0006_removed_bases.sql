@@ -1,9 +1,33 @@
 -- 0006_removed_bases: an ancestor removed with `weightvault rm` keeps its name in the lineage views.
 -- Its versions row is gone, but its removal record (an event in the store) still names it; before
--- this migration `lineage` showed its base as NULL@NULL and `ancestors()` returned an empty name.
+-- this migration `lineage` showed its base as NULL@NULL and `ancestors()` returned an empty name,
+-- and the walk stopped there; rm now records the removed manifest's own edges, so it goes on.
 -- And an unpinned external base 'hf:org/name' (what a model card's base_model says) also resolves
 -- to the latest version of a model named 'org/name' when no Hub snapshot of that repo is archived:
 -- the base snapshot encodes such a version against (archive/snapshot.py lineage_base).
+
+-- Model and version of every removed manifest (a rerun of an interrupted rm may record it twice).
+CREATE VIEW removed_versions AS
+SELECT payload->>'manifest' AS version_id, any_value(payload->>'model') AS model,
+       any_value(payload->>'version') AS version, min(created_at) AS removed_at
+FROM events WHERE type = 'removed' GROUP BY 1;
+
+-- The edges of removed versions: rm records the manifest's parent and lineage in its event (from this
+-- release), and lineage events may name a removed child. The walk goes on past a removed version.
+CREATE VIEW removed_version_edges AS
+WITH r AS (
+    SELECT payload->>'manifest' AS child_id, any_value(payload) AS payload
+    FROM events WHERE type = 'removed' GROUP BY 1
+)
+SELECT child_id, payload->>'parent' AS base_id, NULL AS base_ref, 'parent' AS relation, NULL AS run_id
+FROM r WHERE payload->>'parent' IS NOT NULL
+UNION
+SELECT child_id, u.e.base, u.e.base_ref, u.e.relation, u.e.run_id
+FROM r, unnest(from_json(coalesce(payload->'lineage', '[]'),
+                         '[{"relation":"VARCHAR","base":"VARCHAR","base_ref":"VARCHAR","run_id":"VARCHAR"}]')) AS u(e)
+UNION
+SELECT payload->>'child', payload->>'base', payload->>'base_ref', payload->>'relation', payload->>'run_id'
+FROM events WHERE type = 'lineage' AND payload->>'child' IN (SELECT child_id FROM r);
 
 CREATE OR REPLACE VIEW version_edges AS
 SELECT e.version_id AS child_id,
@@ -15,13 +39,12 @@ SELECT e.version_id AS child_id,
                  WHERE e.base_ref NOT LIKE '%@%' AND 'hf:' || h.model = e.base_ref)) AS base_id,
        e.base_ref, e.relation, e.run_id
 FROM lineage_edges e
-UNION ALL
-SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL;
+UNION
+SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL
+UNION
+SELECT child_id, base_id, base_ref, relation, run_id FROM removed_version_edges
+WHERE child_id NOT IN (SELECT version_id FROM versions);
 
--- Model and version of every removed manifest (a rerun of an interrupted rm may record it twice).
-CREATE VIEW removed_versions AS
-SELECT version_id, any_value(model) AS model, any_value(version) AS version, min(removed_at) AS removed_at
-FROM version_removals GROUP BY version_id;
 
 CREATE OR REPLACE VIEW lineage AS
 SELECT c.model, c.version, e.relation, coalesce(b.model, r.model) AS base_model,
