@@ -411,7 +411,7 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
     return store
 
 
-def export_catalog(vault, url: str) -> list[dict]:
+def export_catalog(vault, url: str, *, views: bool = False) -> list[dict]:
     """``weightvault catalog export s3://BUCKET/PATH``: every catalog table as ``PATH/<table>.parquet``.
 
     Writes the Parquet files locally (weightvault.provenance.export_catalog), then
@@ -428,7 +428,7 @@ def export_catalog(vault, url: str) -> list[dict]:
     loc = S3Location.parse(url)
     backend = S3Backend(S3Location(loc.bucket, ""))
     with tempfile.TemporaryDirectory(prefix="wv-export-") as tmp:
-        done = provenance.export_catalog(vault, tmp)
+        done = provenance.export_catalog(vault, tmp, views=views)
         out = []
         for d in done:
             name = Path(d["path"]).name

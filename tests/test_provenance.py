@@ -304,6 +304,18 @@ def test_catalog_export_writes_every_table(family, cli, tmp_path):
         edges = con.execute("SELECT relation, run_id FROM read_parquet(?) ORDER BY 1, 2",
                             [str(out / "lineage_edges.parquet")]).fetchall()
     assert edges == [("cast", None), ("distilled", "run-a"), ("distilled", "run-b"), ("finetune", None)]
+    assert {d["kind"] for d in r} == {"table"}
+    # --views: each view's rows as of now, beside the tables
+    r = ok(cli("catalog", "export", out, "--views", "--json")).json()
+    views = {d["table"]: d for d in r if d["kind"] == "view"}
+    assert {"datasets", "lineage", "version_storage", "license_audit", "tags"} <= set(views)
+    assert {d["table"] for d in r if d["kind"] == "table"} == tables
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT model, base_model FROM read_parquet(?) WHERE relation = 'finetune'",
+                           [views["lineage"]["path"]]).fetchall()
+        assert rows == [("tiny-ft", "tiny-base")]
+        names = con.execute("SELECT name FROM read_parquet(?) ORDER BY 1", [views["datasets"]["path"]]).fetchall()
+    assert names == family.sql("SELECT name FROM datasets ORDER BY 1")[1]
 
 
 def test_bad_provenance_input_leaves_nothing(family, cli, store_dir):

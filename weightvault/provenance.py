@@ -268,24 +268,30 @@ def lineage_tree(vault, ref) -> dict:
     return node(root, {"bases": up(root, {root}), "derived": down(root, {root})})
 
 
-def export_catalog(vault, folder) -> list[dict]:
-    """Write every catalog table (not views) to ``folder/<table>.parquet``; returns [{table, rows, path}]."""
+def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
+    """Write every catalog table to ``folder/<table>.parquet``; with ``views`` every view too (its
+    rows as of now: a view's SQL needs the catalog's other views and macros, which Parquet cannot
+    carry). Returns [{table, kind, rows, path}]."""
     from pathlib import Path
 
     out_dir = Path(folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     with vault.catalog.read() as con:
-        tables = [t for (t,) in con.execute(
+        names = [(t, "table") for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
             "AND schema_name = 'main' ORDER BY table_name").fetchall()]
+        if views:
+            names += [(t, "view") for (t,) in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+                "AND schema_name = 'main' AND NOT internal ORDER BY view_name").fetchall()]
         done = []
-        for t in tables:
+        for t, kind in names:
             path = out_dir / f"{t}.parquet"
             tmp = out_dir / f".{t}.parquet.tmp"
             con.execute(f'COPY (SELECT * FROM "{t}") TO \'{_sql_str(tmp)}\' (FORMAT parquet)')
             tmp.replace(path)
             n = con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-            done.append({"table": t, "rows": n, "path": str(path)})
+            done.append({"table": t, "kind": kind, "rows": n, "path": str(path)})
     return done
 
 

@@ -99,9 +99,12 @@ def register(sub, common):
     c = add_command(csub, "path", help="print the DuckDB file's path (open it with duckdb -readonly)",
                     example="duckdb -readonly $(weightvault catalog path)")
     c.set_defaults(func=cmd_catalog_path)
-    c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet (views and macros derive from them)",
-                    example="weightvault catalog export ./catalog-parquet", parents=[common])
+    c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet (--views: the views too)",
+                    example="weightvault catalog export ./catalog-parquet --views", parents=[common])
     c.add_argument("dir", help="output folder, or s3://BUCKET/PATH to write into a bucket")
+    c.add_argument("--views", action="store_true",
+                   help="also write each view (datasets, lineage, version_storage, ...) as DIR/<view>.parquet, "
+                        "its rows as of now")
     c.set_defaults(func=cmd_catalog_export)
 
     p = add_command(sub, "demo", help="archive the real all-MiniLM-L6-v2, add a version, query, restore",

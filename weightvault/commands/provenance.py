@@ -319,11 +319,13 @@ def cmd_catalog_export(args):
     if str(args.dir).startswith("s3://"):  # into a bucket (issue 8): archive/s3.py
         from weightvault.archive import s3
 
-        done = s3.export_catalog(open_vault(args), args.dir)
+        done = s3.export_catalog(open_vault(args), args.dir, views=args.views)
     else:
-        done = pv.export_catalog(open_vault(args), args.dir)
+        done = pv.export_catalog(open_vault(args), args.dir, views=args.views)
     if args.json:
         print_json(done)
     else:
-        err_console().print(f"wrote {len(done)} tables to {args.dir} as Parquet "
-                            f"({sum(d['rows'] for d in done)} rows)", markup=False)
+        n_views = sum(d["kind"] == "view" for d in done)
+        what = f"{len(done) - n_views} tables" + (f" and {n_views} views" if n_views else "")
+        err_console().print(f"wrote {what} to {args.dir} as Parquet ({sum(d['rows'] for d in done)} rows)",
+                            markup=False)
