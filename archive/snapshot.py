@@ -116,6 +116,8 @@ class SnapshotResult:
         manifest_id: its manifest's ID.
         manifest: the manifest.
         stats: what was written.
+        encoded_against: ``model@version`` whose tensors new chunks were stored as deltas and casts
+            of, when that is not the parent (a first version's lineage or card base), else None.
     """
 
     model: str
@@ -123,6 +125,7 @@ class SnapshotResult:
     manifest_id: str
     manifest: Manifest
     stats: SnapshotStats
+    encoded_against: str | None = None
 
 
 def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
@@ -368,10 +371,15 @@ def snapshot(
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(f.size for f in files))
 
+    against = None
     if encode is None:  # the engine: deltas against the parent, casts, float codecs
         from weightvault.archive import engine
 
-        encode = engine.make_encoder(store, parent_id or lineage_base(store, lineage, metadata.get("card")), model)
+        base_id = parent_id or lineage_base(store, lineage, metadata.get("card"))
+        encode = engine.make_encoder(store, base_id, model)
+        if base_id and base_id != parent_id:
+            base = store.get_manifest(base_id)
+            against = f"{base.model}@{base.version}"
     writer = ChunkWriter(store, workers=workers, encode=encode)
     entries = []
     n_params = 0
@@ -403,7 +411,7 @@ def snapshot(
         )
         mid = store.put_manifest(manifest)
         if store.create_ref(model, version, mid):
-            return SnapshotResult(model, version, mid, manifest, stats)
+            return SnapshotResult(model, version, mid, manifest, stats, against)
         if not auto:
             raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
                                      hint="pick another --version")

@@ -255,6 +255,7 @@ def test_a_new_model_is_encoded_against_its_lineage_base(cli, tmp_path, store_di
     def added(model, *extra):
         r = cli("snapshot", tmp_path / "ft", "--model", model, *extra, "--json")
         assert r.rc == 0, r
+        assert r.json()["encoded_against"] == ("base@1" if "finetune" in extra else None), r
         return r.json()["new_stored_bytes"]
 
     alone = added("ft-alone")  # no lineage: full encodings
@@ -273,6 +274,9 @@ def test_a_new_model_is_encoded_against_its_lineage_base(cli, tmp_path, store_di
     r = cli("snapshot", tmp_path / "bf16", "--model", "base-bf16", "--base-model", "base@1", "--relation", "cast",
             "--json")
     assert r.rc == 0 and r.json()["new_stored_bytes"] < r.json()["new_raw_bytes"] / 50, r
+    assert r.json()["encoded_against"] == "base@1" and r.json()["parent"] is None
+    r = cli("snapshot", tmp_path / "bf16", "--model", "base-bf16")  # its second version: the parent
+    assert r.rc == 0 and "deltas and casts of" not in r.out, r
     rows = cli("sql", "SELECT DISTINCT source_model, source_version FROM tensor_derivations "
                       "WHERE model = 'base-bf16'", "--json").json()
     assert [(x["source_model"], x["source_version"]) for x in rows] == [("base", "1")]

@@ -137,6 +137,7 @@ def snapshot_summary(res) -> dict:
         "files": s.files, "tensors": s.tensors, "chunks": s.chunks, "raw_bytes": s.raw_bytes,
         "new_chunks": s.new_chunks, "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
         "dedup_bytes": s.dedup_bytes, "parent": res.manifest.parent,
+        "encoded_against": res.encoded_against,
     }
 
 
@@ -150,6 +151,8 @@ def print_snapshot(res) -> None:
     c.print(f"  new:          {s.new_chunks} of {s.chunks} chunks, {human(s.new_raw_bytes)} raw "
             f"-> {human(s.new_stored_bytes)} stored ({ratio(s.new_raw_bytes, s.new_stored_bytes)})")
     c.print(f"  deduplicated: {s.chunks - s.new_chunks} chunks, {human(s.dedup_bytes)} already in the store")
+    if res.encoded_against:
+        c.print(f"  changes stored as deltas and casts of {res.encoded_against} (its base)")
     c.print(f"  manifest {res.manifest_id[:16]}")
 
 
