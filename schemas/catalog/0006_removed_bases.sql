@@ -30,7 +30,13 @@ SELECT payload->>'child', payload->>'base', payload->>'base_ref', payload->>'rel
 FROM events WHERE type = 'lineage' AND payload->>'child' IN (SELECT child_id FROM r);
 
 CREATE OR REPLACE VIEW version_edges AS
-SELECT e.version_id AS child_id,
+WITH e AS (
+    SELECT version_id AS child_id, base_id, base_ref, relation, run_id FROM lineage_edges
+    UNION
+    SELECT child_id, base_id, base_ref, relation, run_id FROM removed_version_edges
+    WHERE child_id NOT IN (SELECT version_id FROM versions)
+)
+SELECT e.child_id,
        coalesce(e.base_id,
                 (SELECT arg_max(h.version_id, h.created_at) FROM versions h
                  WHERE h.source_uri = split_part(e.base_ref, '@', 1)
@@ -38,12 +44,9 @@ SELECT e.version_id AS child_id,
                 (SELECT arg_max(h.version_id, h.created_at) FROM versions h
                  WHERE e.base_ref NOT LIKE '%@%' AND 'hf:' || h.model = e.base_ref)) AS base_id,
        e.base_ref, e.relation, e.run_id
-FROM lineage_edges e
+FROM e
 UNION
-SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL
-UNION
-SELECT child_id, base_id, base_ref, relation, run_id FROM removed_version_edges
-WHERE child_id NOT IN (SELECT version_id FROM versions);
+SELECT version_id, parent_id, NULL, 'parent', NULL FROM versions WHERE parent_id IS NOT NULL;
 
 
 CREATE OR REPLACE VIEW lineage AS
