@@ -171,6 +171,7 @@ def test_lineage_and_storage_facts(family, cli):
     assert {(d["dataset"], d["role"]) for d in r["datasets"]} == {("alpaca", "finetune"), ("sts-b", "eval")}
     tree = ok(cli("lineage", "tiny-ft-fp16@1")).out
     assert "cast" in tree and "tiny-base@1" in tree and "wiki@20231101" in tree
+    assert "  lineage: cast of tiny-ft@1" in ok(cli("show", "tiny-ft-fp16@1")).out.splitlines()
     # students carry the teacher's exact manifest, prompt set and settings
     _, rows = family.sql("SELECT student_model, teacher_id, settings FROM students ORDER BY 1")
     teacher = family.resolve("tiny-ft@1").manifest_id

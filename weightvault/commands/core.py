@@ -256,6 +256,10 @@ def cmd_show(args):
     c.print(f"  source: {src.get('path') or src.get('repo')} {src.get('revision', '')}".rstrip(), markup=False)
     if storage:
         c.print(f"  raw {human(m.raw_bytes)}; added to the store {human(storage['added_stored_bytes'])}")
+    _, bases = v.sql("SELECT relation, coalesce(base_model || '@' || base_version, base_ref, base_id) FROM lineage "
+                     "WHERE version_id = ? ORDER BY 1, 2", [r.manifest_id])
+    for rel, base in bases:
+        c.print(f"  lineage: {rel} of {base}", markup=False)
     c.print(table(["file", "size", "format", "chunks", "tensors", "sha256"],
                   [(f.path, human(f.size), f.format, len(f.chunks), len(f.tensors) or "", f.sha256[:12])
                    for f in m.files]))
