@@ -412,7 +412,8 @@ def open_store(store_cls, url: str, *, create: bool = False, endpoint: str | Non
 
 
 def export_catalog(vault, url: str, *, views: bool = False) -> list[dict]:
-    """``weightvault catalog export s3://BUCKET/PATH``: every catalog table as ``PATH/<table>.parquet``.
+    """``weightvault catalog export s3://BUCKET/PATH``: every catalog table (with ``views``, every view
+    too) as ``PATH/<name>.parquet``.
 
     Writes the Parquet files locally (weightvault.provenance.export_catalog), then
     PUTs each one; anyone can then query them with DuckDB's httpfs
