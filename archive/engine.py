@@ -67,7 +67,8 @@ class Encoder:
         self.model = model
         self.max_chain = max_chain
         self.parent_id = parent_id
-        self.parent = tensor_index(store.get_manifest(parent_id), parent_id) if parent_id else {}
+        self.base_manifest = store.get_manifest(parent_id) if parent_id else None  # what it encodes against
+        self.parent = tensor_index(self.base_manifest, parent_id) if parent_id else {}
         self._cast_sources: list[dict[str, TensorPieces]] | None = None
         self._depths: dict[str, int] = {}
         self._exact_source: str | None = None

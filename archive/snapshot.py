@@ -378,8 +378,7 @@ def snapshot(
         base_id = parent_id or lineage_base(store, lineage, metadata.get("card"))
         encode = engine.make_encoder(store, base_id, model)
         if base_id and base_id != parent_id:
-            base = store.get_manifest(base_id)
-            against = f"{base.model}@{base.version}"
+            against = f"{encode.base_manifest.model}@{encode.base_manifest.version}"
     writer = ChunkWriter(store, workers=workers, encode=encode)
     entries = []
     n_params = 0
