@@ -419,21 +419,36 @@ def export_catalog(vault, url: str, *, views: bool = False) -> list[dict]:
     PUTs each one; anyone can then query them with DuckDB's httpfs
     (``FROM read_parquet('s3://BUCKET/PATH/versions.parquet')``).
 
+    Like a local export, it writes ``PATH/_export.json`` and deletes what the previous export listed
+    and this one did not write.
+
     Returns:
-        [{table, rows, path}] with ``path`` the s3:// URL of each file.
+        [{table, kind, rows, path}] with ``path`` the s3:// URL of each file.
     """
     import tempfile
 
     from weightvault import provenance
 
+    import json
+
     loc = S3Location.parse(url)
     backend = S3Backend(S3Location(loc.bucket, ""))
+
+    def key(name: str) -> str:
+        return f"{loc.prefix}/{name}" if loc.prefix else name
+
+    try:
+        previous = json.loads(backend.get(key(provenance.EXPORT_LIST)))
+    except (FileNotFoundError, ValueError):
+        previous = None
     with tempfile.TemporaryDirectory(prefix="wv-export-") as tmp:
         done = provenance.export_catalog(vault, tmp, views=views)
         out = []
         for d in done:
             name = Path(d["path"]).name
-            key = f"{loc.prefix}/{name}" if loc.prefix else name
-            backend.put(key, Path(d["path"]).read_bytes())
-            out.append({**d, "path": f"{SCHEME}{loc.bucket}/{key}"})
+            backend.put(key(name), Path(d["path"]).read_bytes())
+            out.append({**d, "path": f"{SCHEME}{loc.bucket}/{key(name)}"})
+    for name in provenance.stale_exports(previous, done):  # as a local export does
+        backend.delete(key(name))
+    backend.put(key(provenance.EXPORT_LIST), provenance.export_list(done))
     return out

@@ -317,6 +317,21 @@ def test_catalog_export_writes_every_table(family, cli, tmp_path):
         assert rows == [("tiny-ft", "tiny-base")]
         names = con.execute("SELECT name FROM read_parquet(?) ORDER BY 1", [views["datasets"]["path"]]).fetchall()
     assert names == family.sql("SELECT name FROM datasets ORDER BY 1")[1]
+    # without --views again: the view files of the export before are removed, a user's file is not
+    (out / "mine.parquet").write_bytes(b"not weightvault's")
+    r = ok(cli("catalog", "export", out, "--json")).json()
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(["mine.parquet"] + [Path(d["path"]).name for d in r])
+    assert (out / "mine.parquet").read_bytes() == b"not weightvault's"
+    listed = json.loads((out / "_export.json").read_text())
+    assert [f["file"] for f in listed["files"]] == [f"{d['table']}.parquet" for d in r]
+    # a list that names something outside the folder or a non-Parquet file is never followed
+    (out / "_export.json").write_text(json.dumps({"files": [{"file": "../x.parquet"}, {"file": "mine.parquet"},
+                                                            {"file": "README.md"}]}))
+    (tmp_path / "x.parquet").write_bytes(b"x")
+    (out / "README.md").write_text("keep")
+    ok(cli("catalog", "export", out))
+    assert (tmp_path / "x.parquet").exists() and (out / "README.md").exists()
+    assert not (out / "mine.parquet").exists()  # listed, so weightvault's to replace
 
 
 def test_bad_provenance_input_leaves_nothing(family, cli, store_dir):

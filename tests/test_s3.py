@@ -329,6 +329,19 @@ def test_catalog_export_writes_parquet_into_the_bucket(s3_store_url, seaweed, s3
     (tmp_path / "v.parquet").write_bytes(body)
     rows = duckdb.sql(f"SELECT model, version FROM read_parquet('{tmp_path / 'v.parquet'}')").fetchall()
     assert rows == [("toy", "1")]
+    # --views then without: the view objects of the export before are deleted, the tables stay
+    url = f"s3://{s3_bucket}/shared/catalog"
+    assert cli("catalog", "export", url, "--views", store=s3_store_url).rc == 0
+    s3 = seaweed.client()
+
+    def keys():
+        listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="shared/catalog/").get("Contents", [])
+        return {o["Key"].rsplit("/", 1)[1] for o in listed}
+
+    assert {"lineage.parquet", "versions.parquet", "_export.json"} <= keys()
+    r = cli("catalog", "export", url, "--json", store=s3_store_url)
+    assert r.rc == 0, r
+    assert keys() == {f"{d['table']}.parquet" for d in r.json()} | {"_export.json"}
 
 
 def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_url, toy_model, tmp_path):

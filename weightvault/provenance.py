@@ -268,14 +268,28 @@ def lineage_tree(vault, ref) -> dict:
     return node(root, {"bases": up(root, {root}), "derived": down(root, {root})})
 
 
+EXPORT_LIST = "_export.json"  # what the last export wrote; never matches *.parquet
+
+
 def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
     """Write every catalog table to ``folder/<table>.parquet``; with ``views`` every view too (its
     rows as of now: a view's SQL needs the catalog's other views and macros, which Parquet cannot
-    carry). Returns [{table, kind, rows, path}]."""
+    carry). Returns [{table, kind, rows, path}].
+
+    The folder also gets ``_export.json``, the list of what this export wrote. A file that the
+    previous export listed and this one did not write (a view's, after ``--views`` then without
+    it; a table's that no longer exists) is removed, so ``read_parquet('DIR/*.parquet')`` and a
+    listing of the folder show one export. Files weightvault never listed are left alone."""
+    import json
     from pathlib import Path
 
     out_dir = Path(folder)
     out_dir.mkdir(parents=True, exist_ok=True)
+    listed = out_dir / EXPORT_LIST
+    try:
+        previous = json.loads(listed.read_bytes())
+    except (OSError, ValueError):
+        previous = None
     with vault.catalog.read() as con:
         names = [(t, "table") for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
@@ -292,7 +306,39 @@ def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
             tmp.replace(path)
             n = con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
             done.append({"table": t, "kind": kind, "rows": n, "path": str(path)})
+    for name in stale_exports(previous, done):
+        (out_dir / name).unlink(missing_ok=True)
+    tmp = out_dir / f".{EXPORT_LIST}.tmp"
+    tmp.write_bytes(export_list(done))
+    tmp.replace(listed)
     return done
+
+
+def export_list(done: list[dict]) -> bytes:
+    """The ``_export.json`` of an export that wrote ``done``."""
+    import json
+
+    from weightvault import __version__
+
+    files = [{"file": f"{d['table']}.parquet", "name": d["table"], "kind": d["kind"], "rows": d["rows"]}
+             for d in done]
+    return json.dumps({"written_by": f"weightvault {__version__}", "files": files}, indent=1).encode() + b"\n"
+
+
+def stale_exports(previous, done: list[dict]) -> list[str]:
+    """Files the previous ``_export.json`` listed that ``done`` did not write again. Only plain
+    ``<name>.parquet`` names are returned, whatever the old list says."""
+    import re
+
+    if not isinstance(previous, dict) or not isinstance(previous.get("files"), list):
+        return []
+    now = {f"{d['table']}.parquet" for d in done}
+    out = []
+    for f in previous["files"]:
+        name = f.get("file") if isinstance(f, dict) else None
+        if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+\.parquet", name) and name not in now:
+            out.append(name)
+    return sorted(set(out))
 
 
 def _sql_str(path) -> str:

@@ -100,7 +100,10 @@ def register(sub, common):
                     example="duckdb -readonly $(weightvault catalog path)")
     c.set_defaults(func=cmd_catalog_path)
     c = add_command(csub, "export", help="write every catalog table to DIR/<table>.parquet (--views: the views too)",
-                    example="weightvault catalog export ./catalog-parquet --views", parents=[common])
+                    example="weightvault catalog export ./catalog-parquet --views", parents=[common],
+                    description="write every catalog table to DIR/<table>.parquet (--views: the views too). "
+                                "DIR/_export.json lists what was written; a file the previous export listed "
+                                "and this one did not write is removed, so DIR holds one export.")
     c.add_argument("dir", help="output folder, or s3://BUCKET/PATH to write into a bucket")
     c.add_argument("--views", action="store_true",
                    help="also write each view (datasets, lineage, version_storage, ...) as DIR/<view>.parquet, "
