@@ -52,11 +52,14 @@ class SourceFile:
         rel: its POSIX path relative to the folder.
         path: its path on disk.
         size: its size in bytes.
+        mtime_ns: its modification time when scanned (None: not known), so a file rewritten
+            between the scan and the read is caught.
     """
 
     rel: str
     path: Path
     size: int
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
             p = Path(dirpath) / name
             if not p.is_file():
                 continue  # sockets, fifos, dangling links
-            out.append(SourceFile(rel, p, p.stat().st_size))
+            st = p.stat()
+            out.append(SourceFile(rel, p, st.st_size, st.st_mtime_ns))
     return out
 
 
@@ -211,7 +215,12 @@ class ChunkWriter:
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
 
-    def _one(self, view, seg: Segment, rel: str) -> tuple[str, int]:
+    def _one(self, view, seg: Segment, rel: str) -> tuple[str, int, bytes]:
+        # A private copy: the ID, the stored container and the file's sha256 all come from
+        # these bytes, whatever writes to the mapped file meanwhile (a trainer saving a
+        # checkpoint in place). Hashing the mapping and encoding it again could store other
+        # bytes under this ID, and later snapshots would deduplicate against them.
+        view = bytes(view)
         cid = ids.content_id(view)
         with self._lock:
             mine = cid not in self._claimed and not self.store.has_chunk(cid)
@@ -220,7 +229,7 @@ class ChunkWriter:
         if mine:
             enc = self.encode(view, cid, seg, rel)
             if not self.store.put_chunk(cid, enc):  # a concurrent snapshot stored it first
-                return cid, len(view)
+                return cid, len(view), view
             with self._lock:
                 st = self.stats
                 st.new_chunks += 1
@@ -229,7 +238,7 @@ class ChunkWriter:
                 st.new_chunk_info[cid] = (len(view), len(enc.container), enc.codec, enc.base)
         else:
             self.store.backend.touch(self.store.chunk_key(cid))  # re-referenced: survives GC's grace
-        return cid, len(view)
+        return cid, len(view), view
 
     def forget_lost(self, chunk_ids: set[str]) -> None:
         """Drop chunks whose exclusive put lost a race (found at flush) from the new-chunk stats."""
@@ -247,35 +256,48 @@ class ChunkWriter:
         if src.size == 0:
             return [], sha.hexdigest()
         with open(src.path, "rb") as f:
+            before = os.fstat(f.fileno())
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            if len(mm) != src.size:
-                raise InvalidInputError(f"{src.rel} changed size while being read", hint="rerun once it is stable")
+            if len(mm) != src.size or (src.mtime_ns is not None and before.st_mtime_ns != src.mtime_ns):
+                raise _changed(src)
             view = memoryview(mm)
             results, window = [], deque()
             done = _Unmapper(mm)
 
             def collect():
                 seg, fut = window.popleft()
-                results.append(fut.result())
+                cid, n, raw = fut.result()
+                sha.update(raw)  # the very bytes stored under cid
+                results.append((cid, n))
                 done.upto(seg.end)  # hashed and stored: its pages may leave this process
                 if progress:
-                    progress(results[-1][1])
+                    progress(n)
 
             for seg in segs:
                 window.append((seg, pool.submit(self._one, view[seg.start : seg.end], seg, src.rel)))
-                sha.update(view[seg.start : seg.end])
                 if len(window) >= 2 * self.workers:
                     collect()
             while window:
                 collect()
             del view
+            after = os.stat(src.path)
+            if (after.st_size, after.st_mtime_ns, after.st_ino) != (before.st_size, before.st_mtime_ns,
+                                                                   before.st_ino):
+                raise _changed(src)
         finally:
             try:
                 mm.close()
             except BufferError:  # a view outlived us on an error path; the GC will close it
                 pass
         return results, sha.hexdigest()
+
+
+def _changed(src: SourceFile) -> InvalidInputError:
+    # What was read is self-consistent (each chunk is stored under the hash of the bytes read),
+    # but it may mix the file's old and new contents: no version is recorded.
+    return InvalidInputError(f"{src.rel} changed while being read",
+                             hint="rerun once nothing writes to it (a training run saving a checkpoint?)")
 
 
 class _Unmapper:

@@ -235,3 +235,78 @@ def test_snapshot_releases_the_mapped_pages_it_has_read(tmp_path, monkeypatch):
         assert sum(mm[i] for i in range(0, len(mm), mmap.PAGESIZE)) == touched  # still readable, same bytes
     finally:
         mm.close()
+
+
+def _rewriting_encoder(src, *, keep_mtime: bool):
+    """An encoder that, at the first tensor piece it is given, rewrites those bytes of the source
+    file in place (a trainer saving a checkpoint into the file being archived), then encodes."""
+    import os
+
+    from weightvault.archive import codecs
+
+    state = {"done": False}
+
+    def encode(raw, cid, seg, rel):
+        if not state["done"] and seg.tensor is not None and rel == src.name:
+            state["done"] = True
+            st = os.stat(src)
+            with open(src, "r+b") as f:
+                f.seek(seg.start)
+                old = f.read(16)
+                f.seek(seg.start)
+                f.write(bytes(b ^ 0xFF for b in old))
+            if keep_mtime:
+                os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return codecs.encode_chunk(raw, cid, dtype=seg.dtype)
+
+    return encode
+
+
+def test_a_source_rewritten_while_read_is_refused_and_stores_nothing_under_a_wrong_id(tmp_path):
+    """A file written to during its snapshot fails it, naming the file; the chunks stored meanwhile
+    hold the bytes their IDs name, so a later snapshot of the settled file restores exactly."""
+    from weightvault.archive import snapshot as snap
+    from weightvault.archive.verify import load_versions, verify
+    from weightvault.errors import InvalidInputError
+    from weightvault.vault import Vault
+
+    v = Vault.init(tmp_path / "s")
+    v.store.config["chunk_size"] = 64 * 1024
+    m = write_model(tmp_path / "m", {"w": np.random.default_rng(3).standard_normal(100_000).astype(np.float32)})
+    src = m / "model.safetensors"
+    original = src.read_bytes()
+    with pytest.raises(InvalidInputError, match="model.safetensors changed while being read"):
+        snap.snapshot(v.store, m, "live", encode=_rewriting_encoder(src, keep_mtime=False))
+    assert v.store.list_refs("live") == []
+    src.write_bytes(original)  # the writer puts it back; the file is archived again
+    v.snapshot(m, "settled")
+    v.restore("settled@1", tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == original
+    manifests, _ = load_versions(v.store)
+    assert verify(v.store, manifests).damaged == []
+    # and the chunks the refused snapshot left (gc's to free) hold the bytes their IDs name
+    from weightvault.archive import codecs
+    for info in v.store.list_chunks():
+        cid = info.key.rsplit("/", 1)[-1]
+        codecs.decode_chunk(v.store.get_container(cid), cid, v.store.read_chunk)
+
+
+def test_a_rewrite_the_checks_cannot_see_still_archives_what_was_read(tmp_path):
+    """A writer that restores the file's mtime goes unnoticed; what is archived is what was read,
+    each chunk under the hash of its bytes, and the restore matches the recorded sha256."""
+    from weightvault.archive import snapshot as snap
+    from weightvault.archive.verify import load_versions, verify
+    from weightvault.vault import Vault
+
+    v = Vault.init(tmp_path / "s")
+    v.store.config["chunk_size"] = 64 * 1024
+    m = write_model(tmp_path / "m", {"w": np.random.default_rng(4).standard_normal(100_000).astype(np.float32)})
+    src = m / "model.safetensors"
+    original = src.read_bytes()
+    r = snap.snapshot(v.store, m, "quiet", encode=_rewriting_encoder(src, keep_mtime=True))
+    manifests, _ = load_versions(v.store)
+    assert verify(v.store, manifests).damaged == []  # every stored chunk decodes to its ID
+    v.restore("quiet@1", tmp_path / "out")  # checked against the sha256 recorded at snapshot
+    restored = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert sha(restored) == r.manifest.file("model.safetensors").sha256
+    assert restored == original  # the piece was copied before the writer touched it
