@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
-import mmap
 import os
 import threading
 from collections import deque
@@ -215,30 +214,34 @@ class ChunkWriter:
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
 
-    def _one(self, view, seg: Segment, rel: str) -> tuple[str, int, bytes]:
-        # A private copy: the ID, the stored container and the file's sha256 all come from
-        # these bytes, whatever writes to the mapped file meanwhile (a trainer saving a
-        # checkpoint in place). Hashing the mapping and encoding it again could store other
-        # bytes under this ID, and later snapshots would deduplicate against them.
-        view = bytes(view)
+    def _one(self, fd: int, seg: Segment, src: SourceFile) -> tuple[str, int, bytes]:
+        # One private read (pread: a file truncated meanwhile gives a short read, where a mapping
+        # would kill the process with SIGBUS). The ID, the stored container and the file's
+        # sha256 all come from these bytes, whatever writes to the file meanwhile (a trainer
+        # saving a checkpoint in place): hashing a shared mapping and encoding it again could
+        # store other bytes under this ID, and later snapshots would deduplicate against them.
+        n = seg.end - seg.start
+        view = os.pread(fd, n, seg.start)
+        if len(view) != n:
+            raise _changed(src)
         cid = ids.content_id(view)
         with self._lock:
             mine = cid not in self._claimed and not self.store.has_chunk(cid)
             if mine:
                 self._claimed.add(cid)
         if mine:
-            enc = self.encode(view, cid, seg, rel)
+            enc = self.encode(view, cid, seg, src.rel)
             if not self.store.put_chunk(cid, enc):  # a concurrent snapshot stored it first
-                return cid, len(view), view
+                return cid, n, view
             with self._lock:
                 st = self.stats
                 st.new_chunks += 1
-                st.new_raw_bytes += len(view)
+                st.new_raw_bytes += n
                 st.new_stored_bytes += len(enc.container)
-                st.new_chunk_info[cid] = (len(view), len(enc.container), enc.codec, enc.base)
+                st.new_chunk_info[cid] = (n, len(enc.container), enc.codec, enc.base)
         else:
             self.store.backend.touch(self.store.chunk_key(cid))  # re-referenced: survives GC's grace
-        return cid, len(view), view
+        return cid, n, view
 
     def forget_lost(self, chunk_ids: set[str]) -> None:
         """Drop chunks whose exclusive put lost a race (found at flush) from the new-chunk stats."""
@@ -251,45 +254,50 @@ class ChunkWriter:
                 st.new_stored_bytes -= info[1]
 
     def write_file(self, pool: ThreadPoolExecutor, src: SourceFile, segs: list[Segment], progress=None):
-        """Store every segment of ``src``; return (chunk list, sha256 hex)."""
+        """Store every segment of ``src``; return (chunk list, sha256 hex).
+
+        Pieces are read with ``pread`` on the pool's threads, at most ``2 * workers`` of them in
+        memory at once (4 MiB each by default), so memory stays bounded whatever the file's size.
+        A file whose size, modification time or inode changes between the scan and the end of
+        its read is refused (:func:`_changed`); nothing of it is recorded.
+        """
         sha = hashlib.sha256()
         if src.size == 0:
             return [], sha.hexdigest()
-        with open(src.path, "rb") as f:
-            before = os.fstat(f.fileno())
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        fd = os.open(src.path, os.O_RDONLY)
+        window: deque = deque()
         try:
-            if len(mm) != src.size or (src.mtime_ns is not None and before.st_mtime_ns != src.mtime_ns):
+            before = os.fstat(fd)
+            if before.st_size != src.size or (src.mtime_ns is not None and before.st_mtime_ns != src.mtime_ns):
                 raise _changed(src)
-            view = memoryview(mm)
-            results, window = [], deque()
-            done = _Unmapper(mm)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            results = []
 
             def collect():
-                seg, fut = window.popleft()
-                cid, n, raw = fut.result()
+                cid, n, raw = window.popleft().result()
                 sha.update(raw)  # the very bytes stored under cid
                 results.append((cid, n))
-                done.upto(seg.end)  # hashed and stored: its pages may leave this process
                 if progress:
                     progress(n)
 
             for seg in segs:
-                window.append((seg, pool.submit(self._one, view[seg.start : seg.end], seg, src.rel)))
+                window.append(pool.submit(self._one, fd, seg, src))
                 if len(window) >= 2 * self.workers:
                     collect()
             while window:
                 collect()
-            del view
             after = os.stat(src.path)
             if (after.st_size, after.st_mtime_ns, after.st_ino) != (before.st_size, before.st_mtime_ns,
                                                                    before.st_ino):
                 raise _changed(src)
         finally:
-            try:
-                mm.close()
-            except BufferError:  # a view outlived us on an error path; the GC will close it
-                pass
+            for f in window:  # no read may touch fd after it is closed
+                f.cancel()
+            for f in window:
+                if not f.cancelled():
+                    f.exception()
+            os.close(fd)
         return results, sha.hexdigest()
 
 
@@ -298,32 +306,6 @@ def _changed(src: SourceFile) -> InvalidInputError:
     # but it may mix the file's old and new contents: no version is recorded.
     return InvalidInputError(f"{src.rel} changed while being read",
                              hint="rerun once nothing writes to it (a training run saving a checkpoint?)")
-
-
-class _Unmapper:
-    """Drops the pages of a read-only file mapping behind the snapshot's progress.
-
-    Mapped file pages count in the process's RSS until unmapped: without this a
-    4.3 GB model peaked at 4.2 GB RSS. ``MADV_DONTNEED`` on a shared read-only
-    file mapping only unmaps; the data stays in the page cache.
-    """
-
-    STEP = 64 << 20  # release in 64 MiB strides
-
-    def __init__(self, mm: mmap.mmap):
-        self.mm = mm
-        self.released = 0
-        self.ok = hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
-
-    def upto(self, end: int) -> None:
-        end -= end % mmap.PAGESIZE
-        if not self.ok or end - self.released < self.STEP:
-            return
-        try:
-            self.mm.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
-            self.released = end
-        except OSError:
-            self.ok = False
 
 
 def next_version(store: Store, model: str) -> str:
