@@ -46,18 +46,18 @@ def file_sha256(path) -> str:
 
 
 def is_id(text: str) -> bool:
-    return bool(_ID_RE.match(text))
+    return bool(_ID_RE.fullmatch(text))
 
 
 def check_id(text: str, what: str = "id") -> str:
-    if not isinstance(text, str) or not _ID_RE.match(text):
+    if not isinstance(text, str) or not _ID_RE.fullmatch(text):
         raise InvalidNameError(f"{what} {text!r} is not a 64-hex-digit hash")
     return text
 
 
 def check_model_name(name: str) -> str:
     """Validate a model name: ``name`` or ``org/name`` of [A-Za-z0-9._-]."""
-    if not isinstance(name, str) or not _MODEL_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _MODEL_RE.fullmatch(name) or ".." in name:
         raise InvalidNameError(
             f"invalid model name {name!r}",
             hint="use letters, digits, '.', '_', '-', optionally one 'org/' prefix",
@@ -66,11 +66,13 @@ def check_model_name(name: str) -> str:
 
 
 def check_version_name(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION_RE.match(version) or ".." in version:
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version) or ".." in version:
         raise InvalidNameError(
             f"invalid version {version!r}",
             hint="use letters, digits, '.', '_', '+', '-' (for example 3 or v1.2)",
         )
+    if version == "latest":  # NAME@latest always means the newest version
+        raise InvalidNameError("'latest' cannot name a version or tag", hint="NAME@latest means the newest version; pick another label")
     return version
 
 
@@ -100,7 +102,9 @@ def parse_ref(text: str) -> VersionRef:
         raise InvalidNameError("empty version reference", hint="write NAME@VERSION, e.g. minilm@1")
     model, sep, version = text.partition("@")
     check_model_name(model)
-    if not sep or version in ("", "latest"):
+    if sep and not version:  # "$M@$V" with V unset: not "the latest"
+        raise InvalidNameError(f"{text!r} has no version after '@'", hint=f"write {model}@VERSION, {model}@latest or {model}")
+    if not sep or version == "latest":
         return VersionRef(model, None)
     check_version_name(version)
     return VersionRef(model, version)

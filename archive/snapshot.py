@@ -368,6 +368,10 @@ def snapshot(
         if store.get_ref(model, version) is not None:
             raise AlreadyExistsError(f"{model}@{version} already exists",
                                      hint="pick another --version, or omit it for the next number")
+    for tag in tags:  # as `weightvault tag` checks them: a tag must be addressable as NAME@TAG
+        ids.check_version_name(tag)
+        if tag == version or store.get_ref(model, tag) is not None:
+            raise InvalidInputError(f"tag {tag!r} would hide version {model}@{tag}", hint="choose another tag name")
     source = Path(source)
     files, plans, card_facts = prepare(store, source, exclude=exclude, files=files)
     parent_id = _resolve_parent(store, model, parent)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def _check(value, rule: dict, field: str, source: str) -> None:
             raise RecordValidationError(source, field, "is empty")
         if "maxLength" in rule and len(value) > rule["maxLength"]:
             raise RecordValidationError(source, field, f"longer than {rule['maxLength']} characters")
-        if "pattern" in rule and not re.search(rule["pattern"], value):
+        if "pattern" in rule and not _matches(rule["pattern"], value):
             raise RecordValidationError(source, field, f"{value!r} is not valid ({rule.get('description', 'see schemas/dataset.schema.json')})")
         if rule.get("format") == "date":
             try:
@@ -73,6 +74,17 @@ def _check(value, rule: dict, field: str, source: str) -> None:
                 raise RecordValidationError(source, field, f"{value!r} is not a date (YYYY-MM-DD)") from None
     if "minimum" in rule and isinstance(value, (int, float)) and value < rule["minimum"]:
         raise RecordValidationError(source, field, f"must be >= {rule['minimum']}")
+    if "maximum" in rule and isinstance(value, (int, float)) and value > rule["maximum"]:
+        raise RecordValidationError(source, field, f"must be <= {rule['maximum']}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordValidationError(source, field, f"{value} is not a finite number")
+
+
+def _matches(pattern: str, value: str) -> bool:
+    """A JSON Schema (ECMA-262) pattern: its '$' ends the string. Python's also matches before a
+    final newline, which would let "wiki\n" through as a name."""
+    m = re.search(pattern, value)
+    return m is not None and (not pattern.endswith("$") or m.end() == len(value))
 
 
 def validate(record, source: str) -> dict:

@@ -152,7 +152,7 @@ def test_missing_model_and_version(vault, toy_model, cli, tmp_path):
     assert r.rc == 3 and "ghost" in r.err
 
 
-@pytest.mark.parametrize("ref", ["", "a@", "@1", "a b@1", "a@1@2", "../x@1", "a@..", "x/y/z"])
+@pytest.mark.parametrize("ref", ["", "a@", "@1", "a b@1", "a@1@2", "../x@1", "a@..", "x/y/z", "a\n", "a@1\n"])
 def test_malformed_refs(ref, vault):
     with pytest.raises((InvalidNameError, ModelNotFoundError)):
         vault.resolve(ref)
@@ -196,3 +196,30 @@ def test_an_os_error_on_a_path_is_one_line_with_a_hint_for_its_cause(where, hint
     assert r.rc != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r
     assert str(target) in r.err and hint in r.err, r
     assert f.read_text() == "x"
+
+
+def test_names_with_a_final_newline_and_the_label_latest_are_refused(vault, toy_model, cli, store_dir):
+    """A regex's '$' also matches before a final newline: "tiny\n" passed as a model name, and a
+    version named "latest" was archived but could never be addressed (NAME@latest is the newest)."""
+    before = store_snapshot_state(store_dir)
+    for args, what in [(("--model", "tiny\n"), "invalid model name"),
+                       (("--model", "tiny", "--version", "v1\n"), "invalid version"),
+                       (("--model", "tiny", "--version", "latest"), "'latest' cannot name a version"),
+                       (("--model", "tiny", "--tag", "latest"), "'latest' cannot name a version")]:
+        r = cli("snapshot", toy_model, *args)
+        assert r.rc == 4 and what in r.err and "Traceback" not in r.err, r
+    r = cli("dataset", "add", "wiki\n", "--license", "MIT")
+    assert r.rc == 4 and "NAME: 'wiki\\n' is not valid" in r.err, r
+    assert store_snapshot_state(store_dir) == before
+
+
+def test_rm_never_takes_the_latest_version_by_default(vault, toy_model, cli):
+    """`rm NAME` is refused so that a missing version removes nothing; NAME@ (an unset $V) and
+    NAME@latest are refused the same way."""
+    vault.snapshot(toy_model, "tiny")
+    vault.snapshot(toy_model, "tiny")
+    for ref, rc in [("tiny", 2), ("tiny@latest", 2), ("tiny@", 4)]:
+        r = cli("rm", ref)
+        assert r.rc == rc and "Traceback" not in r.err, r
+    assert sorted(x.version for x in vault.store.list_refs("tiny")) == ["1", "2"]
+    assert cli("rm", "tiny@2").rc == 0

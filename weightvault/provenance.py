@@ -186,6 +186,7 @@ def move_tag(vault, ref, tag: str, *, message: str = "") -> str:
 def remove_tag(vault, model: str, tag: str) -> str:
     """Remove a tag (recorded as a move to nothing)."""
     ids.check_model_name(model)
+    ids.check_version_name(tag)
     _, rows = vault.sql("SELECT 1 FROM tags WHERE model = ? AND tag = ?", [model, tag])
     if not rows:
         raise NotFoundError(f"{model} has no tag {tag!r}", hint=f"list tags with `weightvault tag {model}`")

@@ -67,7 +67,7 @@ def cmd_rm(args):
 
     v = open_vault(args, create=False)
     r = v.resolve(args.ref)
-    if "@" not in args.ref:  # never remove "the latest" by accident
+    if args.ref.partition("@")[2] in ("", "latest"):  # never remove "the latest" by accident
         raise UsageError(f"{args.ref!r} names no version", hint=f"name one: weightvault rm {r.model}@{r.version}")
     res = remove_version(v.store, r.model, r.version, reason=args.reason, lock_timeout=args.lock_timeout)
     v.catalog.sync()
