@@ -115,6 +115,7 @@ def drop_version(con, version_id: str) -> None:
     for table in VERSION_TABLES:
         con.execute(f"DELETE FROM {table} WHERE version_id = ?", [version_id])
     con.execute("DELETE FROM versions WHERE version_id = ?", [version_id])
+    con.execute("DELETE FROM unindexed_versions WHERE version_id = ?", [version_id])
 
 
 def index_event(con, event_id: str, event: dict) -> None:
@@ -126,9 +127,15 @@ def index_event(con, event_id: str, event: dict) -> None:
 
 
 def plan_sync(con, store: Store):
-    """What differs between the store and the catalog: (to_add, to_drop, new_event_ids)."""
+    """What differs between the store and the catalog: (to_add, to_drop, new_event_ids).
+
+    A version listed in ``unindexed_versions`` counts as known: it is not read again at every
+    command (``catalog rebuild`` retries it).
+    """
     want = {(r.model, r.version): r.manifest_id for r in store.list_refs()}
-    have = {(m, v): vid for vid, m, v in con.execute("SELECT version_id, model, version FROM versions").fetchall()}
+    have = {(m, v): vid for vid, m, v in con.execute(
+        "SELECT version_id, model, version FROM versions UNION ALL "
+        "SELECT version_id, model, version FROM unindexed_versions").fetchall()}
     to_drop = [vid for key, vid in have.items() if want.get(key) != vid]
     to_add = [(key, mid) for key, mid in want.items() if have.get(key) != mid]
     known_events = {r[0] for r in con.execute("SELECT event_id FROM events").fetchall()}
@@ -136,26 +143,84 @@ def plan_sync(con, store: Store):
     return to_add, to_drop, new_events
 
 
+class _Refused(Exception):
+    """DuckDB refused one record's rows; the sync is redone without them."""
+
+    def __init__(self, kind: str, key, reason: str):
+        super().__init__(reason)
+        self.kind, self.key, self.reason = kind, key, reason
+
+
 def sync(con, store: Store, plan=None, chunk_info: dict | None = None) -> tuple[int, int, int]:
-    """Bring the catalog in line with the store; returns (added, dropped, events)."""
+    """Bring the catalog in line with the store; returns (added, dropped, events).
+
+    One bad record never blocks the rest (the store is the truth; the catalog must stay usable):
+    a ref whose manifest cannot be read, or a version or event whose rows DuckDB refuses, is
+    recorded in ``unindexed_versions`` / ``unindexed_events`` with a warning, and the others are
+    indexed. DuckDB aborts a transaction at its first error, so a refused record means a rollback
+    and a second pass without it (at most one pass per bad record).
+    """
+    duckdb = _duckdb()
     load_plugins()
     to_add, to_drop, new_events = plan if plan is not None else plan_sync(con, store)
-    manifests = [(mid, store.get_manifest(mid)) for _, mid in to_add]
+    manifests, unreadable = [], {}
+    for (model, version), mid in to_add:
+        try:
+            manifests.append((mid, store.get_manifest(mid)))
+        except IntegrityError as e:
+            unreadable[mid] = (model, version, str(e))
     events = sorted(((eid, store.get_event(eid)) for eid in new_events), key=lambda e: (e[1]["at"], e[0]))
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for vid in to_drop:
-            drop_version(con, vid)
-        # parents before children so lineage indexers can resolve them
-        for mid, m in sorted(manifests, key=lambda x: x[1].created_at):
-            index_version(con, store, mid, m, chunk_info)
-        for eid, ev in events:
-            index_event(con, eid, ev)
-        for fn in SYNC_HOOKS:
-            fn(con, store)
-        faults.point("catalog.commit")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return len(manifests), len(to_drop), len(events)
+    refused_events: dict[str, str] = {}
+    while True:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for vid in to_drop:
+                drop_version(con, vid)
+            # parents before children so lineage indexers can resolve them
+            for mid, m in sorted(manifests, key=lambda x: x[1].created_at):
+                if mid in unreadable:
+                    continue
+                try:
+                    index_version(con, store, mid, m, chunk_info)
+                except duckdb.Error as e:
+                    raise _Refused("version", (mid, m.model, m.version), str(e).splitlines()[0]) from e
+            for mid, (model, version, why) in unreadable.items():
+                con.execute("INSERT INTO unindexed_versions VALUES (?, ?, ?, ?)", [mid, model, version, why])
+            for eid, ev in events:
+                if eid in refused_events:
+                    con.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
+                                [eid, ev["type"], ev["at"], json.dumps(ev["payload"])])
+                    con.execute("INSERT INTO unindexed_events VALUES (?, ?)", [eid, refused_events[eid]])
+                    continue
+                try:
+                    index_event(con, eid, ev)
+                except duckdb.Error as e:
+                    raise _Refused("event", (eid, ev.get("type")), str(e).splitlines()[0]) from e
+            for fn in SYNC_HOOKS:
+                fn(con, store)
+            faults.point("catalog.commit")
+            con.execute("COMMIT")
+        except _Refused as r:
+            con.execute("ROLLBACK")
+            if r.kind == "version":
+                mid, model, version = r.key
+                unreadable[mid] = (model, version, f"not indexed: {r.reason}")
+            else:
+                refused_events[r.key[0]] = r.reason
+            continue
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        break
+    for mid, (model, version, why) in sorted(unreadable.items(), key=lambda x: x[1][:2]):
+        log.warning("version %s@%s is not in the catalog: %s (run `weightvault verify`; "
+                    "`weightvault rm %s@%s` removes it)", model, version, why, model, version)
+    for eid, why in sorted(refused_events.items()):
+        log.warning("event %s: kept, but its rows were not indexed: %s", eid[:16], why)
+    return sum(mid not in unreadable for mid, _ in manifests), len(to_drop), len(events)
+
+
+def _duckdb():
+    from weightvault.catalog.connection import duckdb_module
+
+    return duckdb_module()

@@ -236,3 +236,45 @@ def test_reads_share_the_catalog_with_a_duckdb_shell(vault, tmp_path, cli):
         assert cli("--lock-timeout", "2", "log", "alpha").rc == 0
         assert shell.execute("SELECT count(*) FROM versions").fetchone()[0] == 3
     assert vault.catalog.path.stat().st_mtime_ns == before
+
+
+def test_one_unreadable_manifest_or_refused_event_never_blocks_the_catalog(vault, tmp_path, cli, monkeypatch):
+    """A damaged manifest made `catalog rebuild` drop the catalog and fail, and every command after
+    it (log, sql, repair) failed for every model; a dataset event DuckDB refused (a number out of
+    its range) did the same at every sync. Both are now listed as unindexed, with a warning, and
+    the rest of the store stays queryable."""
+    from weightvault.catalog import indexer
+
+    _family(vault, tmp_path)
+    beta = vault.store.get_ref("org/beta", "1").manifest_id
+    path = vault.store.root / "manifests" / beta[:2] / beta
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b" ")
+    # an event type whose rows DuckDB refuses: its indexer casts text to an integer
+    monkeypatch.setitem(indexer.EVENT_INDEXERS, "probe",
+                        lambda con, eid, ev: con.execute("SELECT CAST(? AS INTEGER)", [ev["payload"]["n"]]))
+    bad = vault.store.put_event("probe", {"n": "not a number"})
+    r = cli("catalog", "rebuild")
+    assert r.rc == 0, r
+    assert "org/beta@1 is not in the catalog" in r.err and "weightvault rm org/beta@1" in r.err
+    assert f"event {bad[:16]}: kept, but its rows were not indexed" in r.err
+    assert vault.sql("SELECT model, version FROM versions ORDER BY 1, 2")[1] == [("alpha", "1"), ("alpha", "2")]
+    assert vault.sql("SELECT model, version FROM unindexed_versions")[1] == [("org/beta", "1")]
+    assert vault.sql("SELECT event_id FROM unindexed_events")[1] == [(bad,)]
+    assert vault.sql("SELECT type FROM events WHERE event_id = ?", [bad])[1] == [("probe",)]  # kept, raw
+    r = cli("log")
+    assert r.rc == 0 and "alpha" in r.out and "warning" not in r.err, r  # known now: not retried per command
+    r = cli("verify")
+    assert r.rc == 5 and "weightvault rm org/beta@1" in r.err, r
+    assert cli("rm", "org/beta@1").rc == 0
+    assert vault.sql("SELECT count(*) FROM unindexed_versions")[1] == [(0,)]
+
+
+def test_sql_returns_timestamps_with_a_time_zone(vault, toy_model, cli):
+    """distill_runs.created_at and now() are TIMESTAMP WITH TIME ZONE: DuckDB's Python client needs
+    pytz to return them, and `sql "FROM distill_runs"` (the hint of a missing run) failed without it."""
+    vault.snapshot(toy_model, "toy")
+    for fmt in ((), ("--json",), ("--format", "csv")):
+        r = cli("sql", "SELECT TIMESTAMPTZ '2026-11-23 10:00:00+00' AS t, now() AS n", *fmt)
+        assert r.rc == 0 and "2026-11-23" in r.out, r
+    assert vault.sql("SELECT TIMESTAMPTZ '2026-11-23 10:00:00+00'")[1][0][0].year == 2026

@@ -353,7 +353,7 @@ def cmd_du(args):
 
 
 def cmd_verify(args):
-    from weightvault._ui import escape, human, out_console, print_json, progress_bar
+    from weightvault._ui import err_console, escape, human, out_console, print_json, progress_bar
 
     v = open_vault(args, create=False)
     subset = args.subset / 100 if args.subset is not None else None
@@ -380,6 +380,10 @@ def cmd_verify(args):
                 c.print(f"    {ver} {path}" + (f" tensor {tensor}" if tensor else ""), markup=False)
         if rep.ok:
             c.print("[green]all chunks intact[/]")
+        elif rep.broken_versions:
+            refs = " ".join(v for v, _ in rep.broken_versions)
+            err_console().print(f"→ a version whose manifest is lost cannot be restored: `weightvault rm {refs}` "
+                                "removes it (its history is kept)", markup=False)
     return 0 if rep.ok else 5
 
 
