@@ -130,20 +130,33 @@ def verify(store: Store, manifests: dict[str, Manifest], *, subset: float | None
     # process-wide cache, which would hide a base lost on disk since it was cached.
     chains = _base_chains(store, todo)
     bases = sorted({b for seq in chains.values() for b in seq})
-    bad: dict[str, str] = {}
+    bad: dict[str, tuple[str, str | None]] = {}  # base -> (reason, chunk at fault when another)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         for cid, problem in pool.map(check, bases):
             if problem:
-                bad[cid] = problem[0]
+                bad[cid] = problem
         for cid, problem in pool.map(check, [c for c in todo if c not in bad]):
             if problem is None:
                 culprit = next((b for b in chains.get(cid, ()) if b in bad), None)
                 if culprit:
-                    problem = (f"its delta base {culprit[:16]} is damaged: {bad[culprit]}", culprit)
+                    problem = _through(culprit, bad)
             _count(report, cid, problem, lengths, uses, progress)
         for cid in (c for c in todo if c in bad):  # referenced chunks that are also bases
-            _count(report, cid, (bad[cid], None), lengths, uses, progress)
+            _count(report, cid, bad[cid], lengths, uses, progress)
     return report
+
+
+def _through(base: str, bad: dict) -> tuple[str, str]:
+    """The problem of a chunk whose delta base ``base`` cannot be decoded, naming the chunk at
+    fault: ``base`` itself, or the chunk that ``base`` is lost through. An intact delta between
+    them is never blamed (repair would quarantine it, and a re-snapshot of the lost bytes would no
+    longer heal the versions built on it)."""
+    reason, cause = bad[base]
+    at = cause or base
+    root_reason = bad[at][0] if at in bad and not bad[at][1] else reason
+    if cause and root_reason is reason:  # "its delta base X is damaged: R": keep R only
+        root_reason = reason.split(": ", 1)[-1]
+    return f"its delta base {at[:16]} is damaged: {root_reason}", at
 
 
 def _count(report, cid, problem, lengths, uses, progress) -> None:

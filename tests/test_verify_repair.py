@@ -121,3 +121,39 @@ def test_repair_remove_damaged_lets_gc_run_again(shared, vault, store_dir, cli):
     assert cli("verify", "--read-data").rc == 0
     rows = cli("sql", "SELECT version, reason FROM version_removals", "--json").json()
     assert rows == [{"version": "1", "reason": "repair: lost data"}]
+
+
+def test_repair_blames_the_chunk_at_fault_not_an_intact_delta_above_it(vault, store_dir, cli, tmp_path, monkeypatch):
+    """a@2 stores a tensor as a delta of a@1's chunk, and a bf16 copy stores it as a cast of that
+    delta. With a@1's chunk gone, repair used to quarantine the intact delta too (it was the cast's
+    direct base), so re-snapshotting a@1 no longer healed a@2 or the copy."""
+    import numpy as np
+
+    from weightvault.archive import codecs as cd
+    from weightvault.archive import delta
+
+    t = toy_tensors(0, width=256)
+    a1 = write_model(tmp_path / "a1", t)
+    ft = dict(t, **{"encoder.layer.0.weight": t["encoder.layer.0.weight"] + np.float32(1e-3)})
+    a2 = write_model(tmp_path / "a2", ft)
+    bf = write_model(tmp_path / "bf", {k: v.astype(np.float32) for k, v in ft.items()})
+    r1, r2 = vault.snapshot(a1, "a"), vault.snapshot(a2, "a")
+    name = "encoder.layer.0.weight"
+    root, mid = _tensor_chunk(r1, name), _tensor_chunk(r2, name)
+    assert cd.parse_container(vault.store.get_container(mid), mid).base == root  # stored as a delta
+    import torch  # a real bf16 cast of a@2, archived against it
+    from safetensors.torch import save_file
+    save_file({k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
+               for k, v in ft.items()}, str(bf / "model.safetensors"))
+    r3 = vault.snapshot(bf, "abf", base_model="a@2", relation="cast")
+    top = _tensor_chunk(r3, name)
+    assert cd.parse_container(vault.store.get_container(top), top).base == mid  # a cast of the delta
+    _path(store_dir, root).unlink()
+    monkeypatch.setattr(delta, "BASES", delta.BaseCache())  # as in a new process: nothing decoded yet
+    rep = cli("repair", "--json").json()
+    assert rep["damaged_chunks"] == {root: "missing"} and rep["quarantined"] == []
+    assert {x["version"] for x in rep["losses"]} == {"a@1", "a@2", "abf@1"}
+    assert _path(store_dir, mid).exists()
+    vault.snapshot(a1, "a")  # heal: re-store the lost bytes
+    assert cli("verify", "--read-data").rc == 0
+    assert cli("restore", "abf@1", tmp_path / "o").rc == 0 and tree_files(tmp_path / "o") == tree_files(bf)

@@ -137,8 +137,13 @@ def cmd_repair(args):
         what = ", ".join(x.tensors) if x.tensors else "non-tensor bytes"
         c.print(f"[red]lost[/] {x.version} {escape(x.path)}: {human(x.lost_bytes)} in {len(x.chunks)} chunks; "
                 f"tensors: {escape(what)}" + (" (and header/other bytes)" if x.header_lost and x.tensors else ""))
-    verb = "would quarantine" if rep.dry_run else "quarantined"
-    c.print(f"{verb} {len(rep.damaged_chunks)} damaged chunks; {human(rep.lost_bytes)} of version data lost. "
+    n_bad, n_missing = len(rep.damaged_chunks), sum(r == "missing" for r in rep.damaged_chunks.values())
+    if rep.dry_run:
+        done = f"would quarantine {n_bad - n_missing} damaged chunks"
+    else:
+        done = f"quarantined {len(rep.quarantined)} damaged chunks"
+    done += f" ({n_missing} missing)" if n_missing else ""
+    c.print(f"{done}; {human(rep.lost_bytes)} of version data lost. "
             "Snapshot the original files again to heal, or `weightvault repair --remove-damaged`.")
     if rep.removed:
         c.print(f"removed {', '.join(rep.removed)}")
