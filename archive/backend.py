@@ -56,6 +56,10 @@ class ObjectInfo:
 class Backend(ABC):
     """put/get/has/list/delete over immutable objects."""
 
+    # Reading a few KiB of an object costs about as much as a stat (a local disk, not a GET):
+    # snapshot then checks a chunk it is about to reuse (Store.chunk_problem).
+    cheap_reads = False
+
     @abstractmethod
     def put(self, key: str, data, *, exclusive: bool = False) -> bool:
         """Store ``data`` under ``key`` atomically.
@@ -111,6 +115,7 @@ class LocalBackend(Backend):
     """Objects as files under a root folder."""
 
     TMP = "tmp"
+    cheap_reads = True
 
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True, write_behind: bool = True):
         self.root = Path(root)

@@ -93,6 +93,9 @@ class SnapshotStats:
         new_raw_bytes: raw size of those chunks.
         new_stored_bytes: their size on disk.
         new_chunk_info: chunk id -> (raw_len, stored_len, codec, base) for new chunks.
+        healed_chunks: chunk id -> what was wrong, for stored chunks whose container could not
+            hold their bytes (truncated, garbled header) and that this snapshot stored again.
+        healed_chunk_info: as ``new_chunk_info``, for the healed chunks.
     """
 
     files: int = 0
@@ -103,6 +106,8 @@ class SnapshotStats:
     new_raw_bytes: int = 0
     new_stored_bytes: int = 0
     new_chunk_info: dict = field(default_factory=dict)
+    healed_chunks: dict = field(default_factory=dict)
+    healed_chunk_info: dict = field(default_factory=dict)
 
     @property
     def dedup_bytes(self) -> int:
@@ -226,9 +231,22 @@ class ChunkWriter:
             raise _changed(src)
         cid = ids.content_id(view)
         with self._lock:
-            mine = cid not in self._claimed and not self.store.has_chunk(cid)
-            if mine:
+            first = cid not in self._claimed
+            mine = first and not self.store.has_chunk(cid)
+            if first:
                 self._claimed.add(cid)
+        if first and not mine and self.store.backend.cheap_reads:
+            # Reuse a stored chunk only if its container can hold these bytes: a truncated or
+            # garbled one is stored again from the bytes at hand, which heals every version
+            # using it (a flipped byte inside its data needs `verify`, which decodes).
+            problem = self.store.chunk_problem(cid, n)
+            if problem is not None:
+                enc = codecs.encode_chunk(view, cid, dtype=seg.dtype)
+                self.store.replace_chunk(cid, enc)
+                with self._lock:
+                    self.stats.healed_chunks[cid] = problem
+                    self.stats.healed_chunk_info[cid] = (n, len(enc.container), enc.codec, None)
+                return cid, n, view
         if mine:
             enc = self.encode(view, cid, seg, src.rel)
             if not self.store.put_chunk(cid, enc):  # a concurrent snapshot stored it first

@@ -26,6 +26,7 @@ from weightvault.archive.manifest import Manifest
 from weightvault.errors import (
     ChunkCorruptError,
     ChunkMissingError,
+    IntegrityError,
     InvalidNameError,
     ManifestCorruptError,
     StoreFormatError,
@@ -164,6 +165,27 @@ class Store:
     def put_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> bool:
         """Store a chunk once: False when another writer stored it first (its name is claimed atomically)."""
         return self.backend.put(self.chunk_key(chunk_id), enc.container, exclusive=True)
+
+    def chunk_problem(self, chunk_id: str, raw_len: int) -> str | None:
+        """Why the stored container of ``chunk_id`` cannot hold its ``raw_len`` raw bytes (missing,
+        header unreadable or naming another chunk, another raw length, truncated), or None. Reads
+        a few KiB: what ``verify --structure`` checks, not a decode."""
+        from weightvault.archive.verify import _plausible
+
+        try:
+            h, size = self.chunk_header(chunk_id)
+        except IntegrityError as e:
+            return getattr(e, "reason", None) or str(e)
+        if h.raw_len != raw_len:
+            return f"container raw_len {h.raw_len} != {raw_len}"
+        return _plausible(h, size, raw_len)
+
+    def replace_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> None:
+        """Store a chunk over a damaged copy (atomic rename). Only for a full encoding of the
+        chunk's own raw bytes: its ID, and so every delta built on it, stays valid."""
+        if enc.base:
+            raise ValueError("a chunk stored over a damaged copy must not depend on another chunk")
+        self.backend.put(self.chunk_key(chunk_id), enc.container)
 
     def get_container(self, chunk_id: str) -> bytes:
         try:

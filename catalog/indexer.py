@@ -63,6 +63,10 @@ def index_chunks(con, store: Store, chunk_ids, known_info: dict | None = None) -
         return
     have = {r[0] for r in con.execute(
         "SELECT chunk_id FROM chunks WHERE chunk_id IN (SELECT unnest($1))", [list(chunk_ids)]).fetchall()}
+    for cid in sorted(have & set(known_info or ())):  # stored again over a damaged copy (snapshot heals)
+        _, stored, codec, base = known_info[cid]
+        con.execute("UPDATE chunks SET stored_bytes = ?, codec = ?, base_id = ? WHERE chunk_id = ?",
+                    [stored, codec, base, cid])
     rows = []
     for cid in sorted(chunk_ids - have):
         info = (known_info or {}).get(cid)

@@ -157,3 +157,25 @@ def test_repair_blames_the_chunk_at_fault_not_an_intact_delta_above_it(vault, st
     vault.snapshot(a1, "a")  # heal: re-store the lost bytes
     assert cli("verify", "--read-data").rc == 0
     assert cli("restore", "abf@1", tmp_path / "o").rc == 0 and tree_files(tmp_path / "o") == tree_files(bf)
+
+
+def test_snapshot_stores_again_a_chunk_whose_container_is_damaged(shared, vault, store_dir, cli, tmp_path):
+    """Snapshot only checked that a chunk's file existed before reusing it: after a truncation, a
+    snapshot of the same files said "archived" and its version could not be restored. A container
+    that cannot hold its bytes is now stored again from the bytes at hand, which heals every
+    version using it."""
+    a, b, ra, rb = shared
+    cid = _tensor_chunk(ra, "encoder.layer.3.weight")
+    p = _path(store_dir, cid)
+    p.chmod(0o644)
+    p.write_bytes(p.read_bytes()[:100])
+    assert cli("restore", "beta@1", tmp_path / "before").rc == 5
+    r = cli("snapshot", a, "--model", "alpha", "--json")
+    assert r.rc == 0 and r.json()["healed_chunks"] == [cid], r
+    r = cli("snapshot", a, "--model", "alpha")  # healed once: nothing left to heal
+    assert r.rc == 0 and "healed" not in r.out, r
+    assert cli("verify", "--read-data").rc == 0
+    for ref, src in (("alpha@2", a), ("beta@1", b)):
+        assert cli("restore", ref, tmp_path / ref).rc == 0 and tree_files(tmp_path / ref) == tree_files(src)
+    stored = vault.sql("SELECT stored_bytes FROM chunks WHERE chunk_id = ?", [cid])[1]
+    assert stored == [(p.stat().st_size,)]  # the catalog follows the new container

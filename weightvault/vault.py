@@ -152,7 +152,7 @@ class Vault:
             else:
                 result = snapshot(self.store, source, model, **kw)
         if sync_catalog:
-            self.catalog.sync(chunk_info=result.stats.new_chunk_info)
+            self.catalog.sync(chunk_info={**result.stats.new_chunk_info, **result.stats.healed_chunk_info})
         return result
 
     def snapshot_series(self, sources, model: str, *, parent: str | None = None, progress=None, **kw) -> list:
@@ -233,6 +233,7 @@ class Vault:
         chunk_info = {}
         for r in results:
             chunk_info.update(r.stats.new_chunk_info)
+            chunk_info.update(r.stats.healed_chunk_info)
         self.catalog.sync(chunk_info=chunk_info)
 
     # -- read ----------------------------------------------------------------

@@ -141,6 +141,7 @@ def snapshot_summary(res) -> dict:
         "new_chunks": s.new_chunks, "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
         "dedup_bytes": s.dedup_bytes, "parent": res.manifest.parent,
         "encoded_against": res.encoded_against,
+        "healed_chunks": sorted(s.healed_chunks),
     }
 
 
@@ -156,6 +157,9 @@ def print_snapshot(res) -> None:
     c.print(f"  deduplicated: {s.chunks - s.new_chunks} chunks, {human(s.dedup_bytes)} already in the store")
     if res.encoded_against:
         c.print(f"  changes stored as deltas and casts of {res.encoded_against} (its base)")
+    if s.healed_chunks:
+        c.print(f"  healed:       {len(s.healed_chunks)} damaged chunks stored again "
+                f"({', '.join(sorted(c[:16] for c in s.healed_chunks))})", markup=False)
     c.print(f"  manifest {res.manifest_id[:16]}")
 
 
