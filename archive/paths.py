@@ -42,6 +42,9 @@ def check_relative(path: str) -> str:
     return path
 
 
+_RESTORE_HINT = "a restore never writes through a symlink: remove it, or restore into another folder"
+
+
 def safe_target(root: Path, rel: str) -> Path:
     """Resolve ``rel`` under ``root`` without following symlinks, creating parents.
 
@@ -58,11 +61,11 @@ def safe_target(root: Path, rel: str) -> Path:
             os.mkdir(current)
             continue
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError(rel, f"{current} is a symlink or not a folder")
+            raise UnsafePathError(rel, f"{current} is a symlink or not a folder", hint=_RESTORE_HINT)
     target = current / rel.split("/")[-1]
     try:
         if stat.S_ISLNK(os.lstat(target).st_mode):
-            raise UnsafePathError(rel, "target is a symlink")
+            raise UnsafePathError(rel, f"{target} is a symlink", hint=_RESTORE_HINT)
     except FileNotFoundError:
         pass
     return target

@@ -86,7 +86,8 @@ def restore_file(store: Store, entry: FileEntry, target: Path, *, pool=None, pro
     always be restored again, and the flush cost restore a third of its speed
     (0.15 s of 0.45 s for MiniLM's 91 MB on the build machine).
     """
-    tmp = target.with_name(f".{target.name}.wv-{os.urandom(4).hex()}.tmp")
+    # not named after the target: a name of up to 255 bytes must still fit the file system's limit
+    tmp = target.with_name(f".wv-{os.urandom(8).hex()}.tmp")
     sha = hashlib.sha256()
     written = 0
     own = pool is None
@@ -177,10 +178,13 @@ def restore(
             entries.append(e)
     else:
         entries = list(manifest.files)
+    if not str(dest):
+        raise InvalidInputError("the target folder is empty", hint="name a folder, e.g. ./restored")
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"{dest} is a file, not a folder",
                                 hint="restore into a folder (it is created if missing)")
+    _check_outside_store(store, dest, entries)
     dest.mkdir(parents=True, exist_ok=True)
     targets = [(e, paths.safe_target(dest, e.path)) for e in entries]
     if not force:
@@ -195,6 +199,17 @@ def restore(
         for e, t in targets:
             total += restore_file(store, e, t, pool=pool, progress=progress, fsync=fsync)
     return RestoreResult(tuple(e.path for e in entries), total)
+
+
+def _check_outside_store(store: Store, dest: Path, entries) -> None:
+    """Refuse a restore that would write into the store itself (into it, or over it from a folder
+    that holds it): a model's config.json would replace the store's."""
+    root = Path(os.path.realpath(store.root))
+    base = Path(os.path.realpath(dest))
+    for p in [base] + [Path(os.path.normpath(base / e.path)) for e in entries]:
+        if p == root or root in p.parents:
+            raise InvalidInputError(f"restoring into {dest} would write into the store at {root}",
+                                    hint="restore into a folder outside the store")
 
 
 def find_tensor(manifest: Manifest, name: str, file: str | None = None) -> tuple[FileEntry, TensorEntry]:

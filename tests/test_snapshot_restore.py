@@ -305,3 +305,47 @@ def test_a_rewrite_the_checks_cannot_see_still_archives_what_was_read(tmp_path):
     restored = (tmp_path / "out" / "model.safetensors").read_bytes()
     assert sha(restored) == r.manifest.file("model.safetensors").sha256
     assert restored == original  # the piece was copied before the writer touched it
+
+
+def test_a_file_name_of_255_bytes_restores(vault, tmp_path, cli):
+    """Restore's temp file was named after its target, 18 bytes longer: a name of 238 to 255 bytes,
+    archived and verified clean, could never be restored (ENAMETOOLONG)."""
+    name = "n" * 251 + ".txt"
+    m = write_model(tmp_path / "m", toy_tensors(), files={name: "long\n"})
+    vault.snapshot(m, "long")
+    r = cli("restore", "long@1", tmp_path / "out")
+    assert r.rc == 0, r
+    assert (tmp_path / "out" / name).read_text() == "long\n"
+
+
+def test_restore_never_writes_into_the_store(vault, toy_model, tmp_path, cli, store_dir):
+    """Restoring into the store (or a folder of it) broke every command after it; with --force into
+    the store's own folder it replaced the store's config.json."""
+    from conftest import store_snapshot_state
+
+    vault.snapshot(toy_model, "toy")
+    before = store_snapshot_state(store_dir)
+    config = (store_dir / "config.json").read_bytes()
+    for target in (store_dir, store_dir / "refs" / "x", store_dir / "tmp"):
+        for extra in ((), ("--force",)):
+            r = cli("restore", "toy@1", target, *extra)
+            assert r.rc == 4 and "would write into the store" in r.err, r
+    assert (store_dir / "config.json").read_bytes() == config
+    assert not (store_dir / "refs" / "x").exists()
+    assert store_snapshot_state(store_dir) == before
+    r = cli("restore", "toy@1", "")
+    assert r.rc == 4 and "target folder is empty" in r.err, r
+    assert cli("verify").rc == 0
+
+
+def test_an_interrupted_restore_says_how_to_finish(vault, toy_model, tmp_path, cli, monkeypatch):
+    from weightvault.vault import Vault
+
+    vault.snapshot(toy_model, "toy")
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Vault, "restore", interrupted)
+    r = cli("restore", "toy@1", tmp_path / "o")
+    assert r.rc == 130 and "--force" in r.err and "rerun" in r.err, r

@@ -282,9 +282,15 @@ def cmd_restore(args):
 
     v = open_vault(args, create=False)
     t0 = time.perf_counter()
-    with progress_bar(f"restore {args.ref}", enabled=not args.json) as bar:
-        res = v.restore(args.ref, args.dir, files=tuple(args.file) or None, force=args.force, progress=bar,
-                        fsync=args.fsync)
+    try:
+        with progress_bar(f"restore {args.ref}", enabled=not args.json) as bar:
+            res = v.restore(args.ref, args.dir, files=tuple(args.file) or None, force=args.force, progress=bar,
+                            fsync=args.fsync)
+    except KeyboardInterrupt:
+        err_console().print("interrupted: each file restored so far is whole and verified, and no partial file "
+                            f"is left; rerun with --force to finish: weightvault restore {args.ref} {args.dir} --force",
+                            markup=False)
+        return 130
     dt = time.perf_counter() - t0
     if args.json:
         print_json({"files": list(res.files), "bytes": res.bytes, "seconds": round(dt, 3), "verified": True})
