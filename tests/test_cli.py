@@ -402,3 +402,21 @@ def test_the_command_raises_the_young_gc_threshold_but_the_library_does_not():
     default, cli, gen0, off = map(int, out)
     assert cli == max(default, gen0) >= 10_000
     assert off == 0  # collection turned off by the embedding program stays off
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(vault, toy_model, store_dir):
+    """`weightvault show X --tensors | head -1` exited 1 about half the time, with nothing on stderr
+    (rich's own broken-pipe handling), which fails a `set -o pipefail` script."""
+    vault.snapshot(toy_model, "toy")
+    cmd = f"{sys.executable} -m weightvault --store {store_dir} show toy@1 --tensors | head -1 >/dev/null"
+    for _ in range(8):
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r
+
+
+def test_an_empty_store_option_is_refused(cli, tmp_path, monkeypatch):
+    """`--store "$VAULT"` with VAULT unset silently used $WEIGHTVAULT_STORE or the per-user store."""
+    monkeypatch.setenv("WEIGHTVAULT_STORE", str(tmp_path / "elsewhere"))
+    r = cli("--store", "", "log", store=None)
+    assert r.rc == 2 and "--store is empty" in r.err, r
+    assert not (tmp_path / "elsewhere").exists()

@@ -55,13 +55,11 @@ class PlainConsole:
 
     def print(self, *objects, markup: bool = True, end: str = "\n", **kw) -> None:
         if not all(isinstance(o, str) for o in objects):
-            from rich.console import Console
-
             # Off a terminal nothing wraps a table (a tensor name folded over two lines defeats grep),
             # unless $COLUMNS asks for a width, as rich reads it.
             width = None if os.environ.get("COLUMNS") else _UNWRAPPED
-            Console(file=self.file, highlight=False, emoji=False, width=width).print(*objects, markup=markup,
-                                                                                   end=end, **kw)
+            rich_console(file=self.file, highlight=False, emoji=False, width=width).print(*objects, markup=markup,
+                                                                                        end=end, **kw)
             return
         text = " ".join(objects)
         self.file.write((strip_markup(text) if markup else text) + end)
@@ -76,12 +74,28 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def rich_console(**kw):
+    """A rich Console whose closed pipe (``| head``) raises BrokenPipeError, which the CLI treats as a
+    normal end. rich's own handling exits with status 1, which fails a ``set -o pipefail`` script."""
+    global _RichConsole
+    if _RichConsole is None:
+        from rich.console import Console
+
+        class _RichConsole(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+                raise BrokenPipeError
+
+    return _RichConsole(**kw)
+
+
+_RichConsole = None
+
+
 def _console(stderr: bool):
     if not _is_terminal(sys.stderr if stderr else sys.stdout):
         return PlainConsole(stderr=stderr)
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, emoji=False)
+    return rich_console(stderr=stderr, highlight=False, emoji=False)
 
 
 def err_console():

@@ -155,10 +155,16 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "store", None) == "":  # "--store $VAULT" with VAULT unset: not the default store
+        from weightvault.errors import UsageError
+
+        return _report(UsageError("--store is empty", hint="pass a folder or s3://BUCKET/PREFIX, or leave --store "
+                                                           "out for $WEIGHTVAULT_STORE or the per-user store"))
     if getattr(args, "endpoint", None):  # s3:// stores read it (archive/s3.py); remembered at init
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could not be caught
         return int(rc or 0)
     except WeightvaultError as e:
         if debug:
@@ -169,7 +175,12 @@ def main(argv=None) -> int:
 
         err_console().print("[yellow]interrupted[/]: committed versions are intact; rerun to finish")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader left (`| head`): not an error; nothing more to write
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 0
     except OSError as e:
         if debug:
