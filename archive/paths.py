@@ -27,6 +27,11 @@ def check_relative(path: str) -> str:
         raise UnsafePathError(str(path), "empty name")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise UnsafePathError(path, "control or NUL character")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk's surrogate escapes of bytes that are not UTF-8
+        raise UnsafePathError(path, "name is not valid UTF-8",
+                              hint="rename the file, or leave it out with --exclude") from None
     if "\\" in path:
         raise UnsafePathError(path, "backslash in name")
     if path.startswith("/") or _DRIVE.match(path):

@@ -91,6 +91,14 @@ def _no_duplicates(pairs):
     return seen
 
 
+def _encodes(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _bad_name(name: str) -> str | None:
     if not name:
         return "empty tensor name"
@@ -125,8 +133,16 @@ def parse_header_bytes(head: bytes, file_size: int, path: str = "<bytes>") -> Sa
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as e:
         raise bad(f"header is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad("header JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise bad("header is not a JSON object")
+    if "\\ud" in text.lower():  # JSON may escape a lone UTF-16 surrogate, which no UTF-8 can hold
+        for key, value in obj.items():
+            for s in [key] + (list(value) + list(value.values()) if isinstance(value, dict) else []):
+                if isinstance(s, str) and not _encodes(s):
+                    raise bad("a name or value holds a lone UTF-16 surrogate (\\udXXX), which is not valid "
+                              "Unicode", tensor=key if _encodes(key) else None)
 
     metadata = obj.pop("__metadata__", None)
     if metadata is None:

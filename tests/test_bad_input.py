@@ -48,6 +48,14 @@ BAD_FILES = {
         {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
          "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}, bytes(20)),
     "not json": lambda: struct.pack("<Q", 8) + b"{not js}",
+    # json.loads recurses: a 200 KB header of brackets was an internal RecursionError
+    "nested too deeply": lambda: (lambda h: struct.pack("<Q", len(h)) + h)(
+        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    # a JSON escape of a lone surrogate parses, but no manifest (UTF-8) can hold the name
+    "lone surrogate in a tensor name": lambda: (lambda h: struct.pack("<Q", len(h)) + h + bytes(8))(
+        b'{"a\\ud800":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'),
+    "lone surrogate in metadata": lambda: (lambda h: struct.pack("<Q", len(h)) + h + bytes(8))(
+        b'{"__metadata__":{"k":"\\udc00"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'),
 }
 
 
@@ -223,3 +231,16 @@ def test_rm_never_takes_the_latest_version_by_default(vault, toy_model, cli):
         assert r.rc == rc and "Traceback" not in r.err, r
     assert sorted(x.version for x in vault.store.list_refs("tiny")) == ["1", "2"]
     assert cli("rm", "tiny@2").rc == 0
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_anything_is_written(vault, tmp_path, cli, store_dir):
+    folder = write_model(tmp_path / "m", toy_tensors())
+    try:
+        (folder / "x\udcff.json").write_text("{}", errors="surrogateescape")
+        open(bytes(folder) + b"/\xff.json", "w").close()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", folder, "--model", "m")
+    assert r.rc == 4 and "not valid UTF-8" in r.err and "--exclude" in r.err and "Traceback" not in r.err, r
+    assert store_snapshot_state(store_dir) == before
