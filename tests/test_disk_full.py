@@ -79,3 +79,20 @@ def test_injected_enospc_leaves_a_consistent_store(at_put, vault, store_dir, tmp
     assert cli("snapshot", second, "--model", "m").rc == 0  # space back: the next snapshot succeeds
     out = tmp_path / "out"
     assert cli("restore", "m@2", out).rc == 0 and tree_files(out) == tree_files(second)
+
+
+def test_a_full_disk_after_the_commit_says_the_version_is_archived(vault, store_dir, tmp_path, cli):
+    """ENOSPC while indexing, after the ref exists, said "free some space, then rerun": the rerun
+    archived the version a second time. The error now says it is archived and not to redo it."""
+    first = write_model(tmp_path / "first", toy_tensors(0))
+    faults.arm(enospc_after=1, sites=["catalog.commit"])
+    try:
+        r = cli("snapshot", first, "--model", "m")
+    finally:
+        faults.arm()
+    assert r.rc == DiskFullError.exit_code, r
+    assert "m@1 is archived, but the catalog could not be updated" in r.err and "do not snapshot it again" in r.err
+    assert [x.version for x in vault.store.list_refs("m")] == ["1"]
+    assert check_consistent(store_dir) == []
+    rows = cli("sql", "SELECT model, version FROM versions", "--json")  # the next command catches up
+    assert rows.rc == 0 and rows.json() == [{"model": "m", "version": "1"}], rows

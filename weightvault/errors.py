@@ -284,6 +284,21 @@ class CatalogError(WeightvaultError):
     default_hint = "rebuild the catalog from the store with `weightvault catalog rebuild`"
 
 
+class CatalogBehindError(CatalogError):
+    """The versions were committed (their refs exist), but indexing them failed: the catalog lags
+    the store until the next command syncs it. Rerunning the snapshot would archive them again."""
+
+    def __init__(self, refs: list[str], cause: BaseException, **kw):
+        them = "it" if len(refs) == 1 else "them"
+        kw.setdefault("hint", f"nothing to redo: the next command adds {them} to the catalog "
+                              f"(or run `weightvault catalog sync` once the cause is fixed); do not snapshot {them} again")
+        what = ", ".join(refs)
+        super().__init__(f"{what} {'is' if len(refs) == 1 else 'are'} archived, but the catalog could not be "
+                         f"updated: {cause}", **kw)
+        self.refs = refs
+        self.exit_code = getattr(cause, "exit_code", 1)
+
+
 class QueryError(WeightvaultError):
     exit_code = 4
     default_hint = "list tables and views with `weightvault sql \"SHOW ALL TABLES\"`"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from weightvault.archive import ids
 from weightvault.archive.manifest import Manifest
 from weightvault.archive.store import Store, default_store_path
-from weightvault.errors import ModelNotFoundError, QueryError, VersionNotFoundError
+from weightvault.errors import DiskFullError, ModelNotFoundError, QueryError, VersionNotFoundError, WeightvaultError
 
 NUMPY_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16",
@@ -152,7 +153,7 @@ class Vault:
             else:
                 result = snapshot(self.store, source, model, **kw)
         if sync_catalog:
-            self.catalog.sync(chunk_info={**result.stats.new_chunk_info, **result.stats.healed_chunk_info})
+            self._sync_series([result])
         return result
 
     def snapshot_series(self, sources, model: str, *, parent: str | None = None, progress=None, **kw) -> list:
@@ -230,11 +231,20 @@ class Vault:
         return results
 
     def _sync_series(self, results) -> None:
+        """Index committed versions; a failure here says they are archived (a rerun would archive
+        them twice)."""
+        from weightvault.errors import CatalogBehindError
+
         chunk_info = {}
         for r in results:
             chunk_info.update(r.stats.new_chunk_info)
             chunk_info.update(r.stats.healed_chunk_info)
-        self.catalog.sync(chunk_info=chunk_info)
+        try:
+            self.catalog.sync(chunk_info=chunk_info)
+        except (WeightvaultError, OSError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                e = DiskFullError(e.filename or "the catalog")
+            raise CatalogBehindError([f"{r.model}@{r.version}" for r in results], e) from e
 
     # -- read ----------------------------------------------------------------
 
