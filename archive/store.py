@@ -27,6 +27,7 @@ from weightvault.errors import (
     ChunkCorruptError,
     ChunkMissingError,
     IntegrityError,
+    InvalidInputError,
     InvalidNameError,
     ManifestCorruptError,
     StoreFormatError,
@@ -276,7 +277,12 @@ class Store:
     def put_event(self, event_type: str, payload: dict, *, at: str | None = None) -> str:
         """Write an immutable metadata event; returns its ID."""
         body = {"type": event_type, "at": at or now_iso(), "payload": payload}
-        data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        try:  # NaN and Infinity are not JSON: jq, JSON.parse and DuckDB's JSON reader refuse them
+            data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode()
+        except ValueError:
+            raise InvalidInputError(f"the {event_type} record holds NaN or Infinity, which JSON cannot carry",
+                                    hint="give finite numbers (or leave the field out)") from None
         eid = ids.content_id(data)
         self.backend.put(fanout("events", eid), data)
         return eid

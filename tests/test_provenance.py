@@ -444,3 +444,22 @@ def test_catalog_from_before_provenance_is_backfilled(vault, tmp_path, monkeypat
     assert vault.sql("SELECT model, license, vocab_size FROM model_cards JOIN versions USING (version_id) "
                      "ORDER BY model")[1] == [("b", "apache-2.0", 256), ("f", None, None)]
     assert vault.sql("SELECT depth, relation, ancestor_model FROM ancestors('f', '1')")[1] == [(1, "finetune", "b")]
+
+
+def test_nan_and_infinity_never_reach_a_record_or_a_json_output(family, cli, store_dir):
+    """`eval --value nan` and `--extra '{"a": NaN}'` were recorded, and `--json` then printed NaN,
+    which jq, JSON.parse and strict parsers refuse."""
+    before = store_snapshot_state(store_dir)
+    for args in (("eval", "tiny-ft@1", "--task", "t", "--metric", "m", "--value", "nan"),
+                 ("eval", "tiny-ft@1", "--task", "t", "--metric", "m", "--value=-inf"),
+                 ("dataset", "add", "d1", "--license", "MIT", "--extra", '{"a": NaN}'),
+                 ("eval", "tiny-ft@1", "--task", "t", "--metric", "m", "--value", "1",
+                  "--settings", '{"t": Infinity}')):
+        r = cli(*args)
+        assert r.rc in (2, 4) and "Traceback" not in r.err, (args, r)
+    assert store_snapshot_state(store_dir) == before
+    with pytest.raises(Exception, match="NaN or Infinity"):
+        family.store.put_event("eval", {"value": float("nan")})
+    r = cli("sql", "SELECT 'inf'::DOUBLE AS x, 'nan'::DOUBLE AS y, 1.5::DOUBLE AS z", "--json")
+    assert r.rc == 0 and json.loads(r.out, parse_constant=lambda c: pytest.fail(c)) == [
+        {"x": None, "y": None, "z": 1.5}], r

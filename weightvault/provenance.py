@@ -13,6 +13,7 @@ Every write here validates its input, writes one immutable event with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from weightvault.archive import hub, ids
@@ -201,6 +202,8 @@ def record_eval(vault, ref, task: str, metric: str, value: float, *, dataset: st
     """Record one evaluation result of version ``ref``; returns the event id."""
     if not task or not metric:
         raise InvalidInputError("an eval result needs a task and a metric")
+    if not math.isfinite(float(value)):
+        raise InvalidInputError(f"eval value {value} is not a finite number", hint="record a measured value")
     r = vault.resolve(ref)
     payload = {"version_id": r.manifest_id, "task": task, "metric": metric, "value": float(value)}
     if dataset:

@@ -104,8 +104,11 @@ def _json_arg(text, flag: str):
 
     if text is None:
         return None
+    def no_nan(name):
+        raise ValueError(name)
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=no_nan)  # NaN and Infinity: Python accepts, JSON does not
     except ValueError:
         raise UsageError(f"{flag}: not valid JSON", hint=f"e.g. {flag} '{{\"temperature\": 0}}'") from None
     if not isinstance(value, dict):
