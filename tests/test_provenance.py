@@ -340,6 +340,8 @@ def test_bad_provenance_input_leaves_nothing(family, cli, store_dir):
         (("link", "tiny-ft@1", "nope", "--role", "eval"), 3, "nope"),
         (("lineage", "tiny-ft@1", "--add-base", "tiny-base@1", "--relation", "finetune", "--run-id", "x"), 4, "run_id"),
         (("lineage", "tiny-ft@1", "--add-base", "tiny-ft@1", "--relation", "merge"), 4, "own base"),
+        (("lineage", "tiny-base@1", "--add-base", "tiny-ft@1", "--relation", "merge"), 4, "tiny-ft@1 derives from tiny-base@1"),
+        (("snapshot", "/nonexistent", "--model", "y", "--relation", "cast"), 2, "--relation needs --base-model"),
         (("lineage", "tiny-ft@1", "--add-base", "hf:../x", "--relation", "merge"), 4, "repo id"),
         (("dataset", "add", "wiki", "--version", "20231101"), 4, "already recorded"),
         (("dataset", "add", "x", "--license", "not a licence!"), 4, "--license: 'not a licence!'"),

@@ -168,6 +168,13 @@ def add_lineage(vault, child, base: str, relation: str, **distilled) -> str:
     edge = lineage_edge(vault, base, relation, **distilled)
     if edge.get("base") == r.manifest_id:
         raise InvalidInputError(f"{r} cannot be its own base")
+    if edge.get("base"):  # a version cannot derive from its own descendant
+        _, rows = vault.sql("SELECT depth FROM version_ancestors WHERE version_id = ? AND ancestor_id = ? "
+                            "ORDER BY depth LIMIT 1", [edge["base"], r.manifest_id])
+        if rows:
+            raise InvalidInputError(f"{base} derives from {r} ({rows[0][0]} hop{'s' if rows[0][0] > 1 else ''} away): "
+                                    f"{r} cannot also be its {relation}",
+                                    hint=f"see the family with `weightvault lineage {r}`")
     return _record(vault, "lineage", {"child": r.manifest_id, **edge})
 
 

@@ -51,7 +51,8 @@ def register(sub, common):
     p.add_argument("ref", help="NAME@V")
     p.add_argument("--add-base", metavar="REF", help="record a base: NAME@V in this store or hf:ORG/NAME")
     p.add_argument("--relation", choices=RELATIONS, help="relation to the base (with --add-base)")
-    p.add_argument("--run-id", help="distilled: the distillation run")
+    p.add_argument("--run-id", help="distilled: the distillation run (a `weightvault distill` run id, or your own "
+                                    "tool's: it is recorded as given)")
     p.add_argument("--prompt-set-hash", help="distilled: hash of the prompt set")
     p.add_argument("--settings", metavar="JSON", help="distilled: generation settings (JSON object)")
     p.set_defaults(func=cmd_lineage)
@@ -81,13 +82,17 @@ def add_snapshot_options(p) -> None:
     p.add_argument("--base-model", metavar="REF",
                    help="base of this version: NAME@V here or hf:ORG/NAME (one here is also what a first "
                         "version is stored against, unless --relation distilled)")
-    p.add_argument("--relation", choices=RELATIONS, default="finetune", help="relation to --base-model")
+    p.add_argument("--relation", choices=RELATIONS, help="relation to --base-model (default finetune)")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME[@V]:ROLE",
                    help="dataset used, e.g. alpaca@1:finetune (repeatable)")
 
 
 def snapshot_extras(v, args) -> dict:
     """Keyword arguments for Vault.snapshot from the provenance options (checked before anything is written)."""
+    if getattr(args, "relation", None) and not getattr(args, "base_model", None):
+        from weightvault.errors import UsageError
+
+        raise UsageError("--relation needs --base-model", hint=f"e.g. --base-model bert@1 --relation {args.relation}")
     if not (getattr(args, "base_model", None) or getattr(args, "dataset", None)):
         return {}  # most snapshots: no need to import the provenance layer (~10 ms)
     from weightvault import provenance as pv
