@@ -141,20 +141,31 @@ def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a folder", hint="pass the folder that holds config.json and the weights")
     out = []
+    def excluded(rel: str, name: str) -> bool:
+        return any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) for pat in exclude)
+
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         dirnames[:] = sorted(
             d for d in dirnames
             if d not in SKIP_DIRS and (f"{rel_dir}/{d}" if rel_dir != "." else d) not in SKIP_PATHS
         )
+        for d in dirnames:  # os.walk lists a link to a folder here and does not enter it
+            rel = f"{rel_dir}/{d}" if rel_dir != "." else d
+            if os.path.islink(os.path.join(dirpath, d)) and not excluded(rel, d):
+                raise InvalidInputError(f"{root / rel} is a link to a folder, which weightvault does not follow",
+                                        hint=f"copy the folder in, or leave it out with --exclude '{rel}'")
         for name in sorted(filenames):
             rel = f"{rel_dir}/{name}" if rel_dir != "." else name
-            if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) for pat in exclude):
+            if excluded(rel, name):
                 continue
             paths.check_relative(rel)
             p = Path(dirpath) / name
             if not p.is_file():
-                continue  # sockets, fifos, dangling links
+                if p.is_symlink() and not p.exists():  # a model folder missing a file it seems to have
+                    raise InvalidInputError(f"{p} is a broken link (its target {os.readlink(p)} is missing)",
+                                            hint=f"fix the link, or leave it out with --exclude '{rel}'")
+                continue  # sockets, fifos
             st = p.stat()
             out.append(SourceFile(rel, p, st.st_size, st.st_mtime_ns))
     return out

@@ -244,3 +244,28 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_anything_is_written(vaul
     r = cli("snapshot", folder, "--model", "m")
     assert r.rc == 4 and "not valid UTF-8" in r.err and "--exclude" in r.err and "Traceback" not in r.err, r
     assert store_snapshot_state(store_dir) == before
+
+
+def test_links_to_folders_and_broken_links_are_named_not_left_out(vault, tmp_path, cli, store_dir):
+    """A linked sub-folder and a dangling link were left out of the snapshot without a word: the
+    restored model lacked files the user saw in the folder."""
+    import os
+
+    outside = tmp_path / "outside" / "onnx"
+    outside.mkdir(parents=True)
+    (outside / "model.onnx").write_text("onnx")
+    folder = write_model(tmp_path / "m", toy_tensors())
+    os.symlink(outside, folder / "onnx")
+    before = store_snapshot_state(store_dir)
+    r = cli("snapshot", folder, "--model", "m")
+    assert r.rc == 4 and "is a link to a folder" in r.err and "--exclude 'onnx'" in r.err, r
+    os.symlink(tmp_path / "nowhere.json", folder / "tokenizer.json")
+    r = cli("snapshot", folder, "--model", "m", "--exclude", "onnx")
+    assert r.rc == 4 and "tokenizer.json is a broken link" in r.err, r
+    assert store_snapshot_state(store_dir) == before
+    r = cli("snapshot", folder, "--model", "m", "--exclude", "onnx", "--exclude", "tokenizer.json")
+    assert r.rc == 0, r
+    # a link to a file is followed, as Hugging Face cache snapshots need
+    os.symlink(outside / "model.onnx", folder / "linked.onnx")
+    assert cli("snapshot", folder, "--model", "m", "--exclude", "onnx", "--exclude", "tokenizer.json").rc == 0
+    assert "linked.onnx" in {f.path for f in vault.manifest("m@2").files}
