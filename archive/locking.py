@@ -9,6 +9,7 @@ records of dead pids on this host are swept as stale.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -16,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from weightvault.errors import LockBusyError
+from weightvault.errors import LockBusyError, StoreReadOnlyError
 
 
 def hostname() -> str:
@@ -104,8 +105,18 @@ class FileLock(Lock):
             self._depth += 1
             return
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            if not shared:
+                raise StoreReadOnlyError(str(self.path.parent.parent), op) from None
+            # A read-only file system: no process can change the store, so a reader needs no lock
+            # (an archive on read-only media, a read-only snapshot or bind mount).
+            self._fd, self._mode, self._depth = None, mode, 1
+            return
         deadline = time.monotonic() + timeout
         delay = 0.005
         intent = self._announce(op) if self.writer_priority and not shared else None
@@ -185,6 +196,7 @@ class FileLock(Lock):
         if self._record is not None:
             self._record.unlink(missing_ok=True)
             self._record = None
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        if self._fd is not None:  # None: a read on a read-only file system, which took no lock
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
         self._fd = self._mode = None

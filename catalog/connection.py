@@ -19,12 +19,13 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from weightvault.archive import faults
 from weightvault.archive.locking import FileLock
 from weightvault.archive.store import Store
 from weightvault.catalog import indexer, migrations
-from weightvault.errors import CatalogError, LockBusyError
+from weightvault.errors import CatalogError, LockBusyError, StoreReadOnlyError
 
 log = logging.getLogger("weightvault")
 
@@ -142,6 +143,22 @@ class Catalog:
             finally:
                 con.close()
 
+    def _private_copy(self) -> None:
+        """The store is on a read-only file system and its catalog lags it (or is missing): index it
+        into a copy in a temporary folder, removed at exit. The store is the truth; reads work."""
+        import atexit
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="weightvault-catalog-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        if self.path.exists():
+            shutil.copyfile(self.path, tmp / self.path.name)
+        log.warning("the store is on a read-only file system and its catalog is behind it: "
+                    "using a copy brought up to date in %s", tmp)
+        self.path = tmp / self.path.name
+        self.lock = FileLock(tmp / "catalog.lock", f"catalog {self.path}", writer_priority=True)
+
     def sync(self, chunk_info: dict | None = None) -> tuple[int, int, int]:
         """Index what the store has and the catalog lacks; returns (added, dropped, events)."""
         with self.write(op="catalog sync") as con:
@@ -182,7 +199,11 @@ class Catalog:
                 finally:
                     con.close()
                 return
-        self.sync()
+        try:
+            self.sync()
+        except StoreReadOnlyError:
+            self._private_copy()
+            self.sync()
         with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
             con = self._connect(read_only=True)
             try:

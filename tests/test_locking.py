@@ -126,3 +126,51 @@ def test_a_writer_gets_in_between_overlapping_readers(tmp_path):
     assert all(p.returncode == 0 for p in readers)
     assert not os.path.exists(path.with_name("catalog.lock.writers")) or \
         not list(path.with_name("catalog.lock.writers").iterdir())
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """mount(8) a read-only bind view of a folder: what an archive on read-only media looks like.
+    Needs root (CI runs the suite as root in a container); skipped elsewhere."""
+    made = []
+
+    def view(src):
+        dst = tmp_path / f"ro-{len(made)}"
+        dst.mkdir()
+        for cmd in (["mount", "--bind", str(src), str(dst)], ["mount", "-o", "remount,bind,ro", str(dst)]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", str(dst)], capture_output=True)
+                pytest.skip(f"cannot make a read-only bind mount here: {r.stderr.strip()}")
+        made.append(dst)
+        return dst
+
+    yield view
+    for d in made:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_a_store_on_a_read_only_file_system_can_be_read(tmp_path, read_only_view):
+    """Every command, restore included, took its lock by opening the lock file for writing, so a
+    store on read-only media could not be read at all."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import toy_tensors, tree_files, write_model
+    from weightvault.errors import StoreReadOnlyError
+    from weightvault.vault import Vault
+
+    store = tmp_path / "store"
+    v = Vault.init(store)
+    src = write_model(tmp_path / "m", toy_tensors())
+    v.snapshot(src, "toy")
+    v.snapshot(src, "toy")
+    (store / "catalog.duckdb").unlink()  # and a catalog that lags the store: synced into a temp copy
+    ro = read_only_view(store)
+    r = Vault.open(ro, create=False)
+    r.restore("toy@2", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(src)
+    assert r.sql("SELECT model, version FROM versions ORDER BY version")[1] == [("toy", "1"), ("toy", "2")]
+    assert r.verify("toy@1").ok
+    with pytest.raises(StoreReadOnlyError):
+        from weightvault.archive.gc import collect
+        collect(r.store, grace_s=0)
+    assert not (store / "catalog.duckdb").exists()  # nothing was written to the store

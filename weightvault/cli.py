@@ -196,7 +196,8 @@ def main(argv=None) -> int:
         hints = {errno.EEXIST: "a file is where a folder is needed, or the name is taken: pick another path",
                  errno.ENOTDIR: "part of the path is a file, not a folder: pick another path",
                  errno.EACCES: "check the path's permissions", errno.EPERM: "check the path's permissions",
-                 errno.EROFS: "the file system is read-only: pick a writable path"}
+                 errno.EROFS: "the file system is read-only: a store there can be read (restore, verify, log, "
+                              "sql), not changed; write to a writable copy or path"}
         return _report(W(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "),
                          hint=hints.get(e.errno, "check the path and its permissions")))
     except Exception as e:  # a bug: say so in one line, traceback on request

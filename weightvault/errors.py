@@ -261,6 +261,19 @@ class LockBusyError(WeightvaultError):
         self.holder = holder
 
 
+class StoreReadOnlyError(WeightvaultError):
+    """A command that changes the store, on a read-only file system (reads work there)."""
+
+    exit_code = 7
+
+    def __init__(self, store: str, op: str = "", **kw):
+        kw.setdefault("hint", "restore, verify, log and sql work on a read-only store; to change it, "
+                              "copy it to a writable place first")
+        super().__init__(f"the store at {store} is on a read-only file system" + (f": {op} cannot run" if op else ""),
+                         **kw)
+        self.store = store
+
+
 class DiskFullError(WeightvaultError):
     exit_code = 8
     default_hint = "free some space, then rerun; committed versions are intact"
