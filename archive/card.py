@@ -167,8 +167,10 @@ def read_metadata(files) -> dict:
             config = json.loads(cfg.path.read_bytes())
         except (ValueError, UnicodeDecodeError) as e:
             where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-            raise RecordValidationError(CONFIG_FILE, "(file)", f"invalid JSON{where}",
-                                        hint="fix config.json, or leave it out with --exclude config.json") from None
+            what = "is not UTF-8 text" if isinstance(e, UnicodeDecodeError) else f"invalid JSON{where}"
+            raise RecordValidationError(str(cfg.path) if cfg.path.name == CONFIG_FILE else CONFIG_FILE, "(file)",
+                                        what, hint="fix config.json, or leave it out with --exclude config.json") \
+                from None
         try:
             facts = config_facts(config)
         except RecordValidationError as e:

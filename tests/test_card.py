@@ -78,6 +78,13 @@ def test_malformed_config_is_refused(config, field, cli, tmp_path, store_dir, va
     assert store_snapshot_state(store_dir) == before
 
 
+def test_a_config_that_is_not_utf8_is_named_with_its_folder(cli, tmp_path, store_dir):
+    m = write_model(tmp_path / "m", toy_tensors())
+    (m / "config.json").write_bytes(b'{"model_type": "\xff"}')
+    r = cli("snapshot", m, "--model", "m")
+    assert r.rc == 4 and f"{m / 'config.json'}" in r.err and "is not UTF-8 text" in r.err, r
+
+
 BAD_RECORDS = [
     ("bad.yaml", "name: x\ncutoff_date: 2023-13-45\n", "(file)"),
     ("bad.yaml", "name: x\nlicence: MIT\n", "licence"),
