@@ -91,7 +91,7 @@ def test_a_dead_writers_announcement_does_not_block_readers(tmp_path):
     reader = _hold(tmp_path, path, "shared", "reader")
     writer = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "exclusive", "writer", str(tmp_path / "w")])
     try:
-        for _ in range(200):  # the writer announces itself and waits behind the reader
+        for _ in range(1200):  # the writer announces itself and waits behind the reader (60 s on a loaded machine)
             if list((path.parent / "catalog.lock.writers").glob("*")):
                 break
             time.sleep(0.05)
