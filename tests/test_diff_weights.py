@@ -254,3 +254,48 @@ def test_versions_chunked_differently_are_compared_element_by_element(tmp_path):
     for k, val in want.items():
         assert got[k] == pytest.approx(float(val), rel=1e-9), k
     assert got["n_changed"] == 4 * 96  # rows 5..8 of a 96-wide matrix
+
+
+def test_nan_never_hides_a_change_and_an_unchanged_nan_is_not_one(tmp_path):
+    """A tensor with a NaN that stays, and one element moved by 1: max |B-A| is 1 and one element changed."""
+    a = {"layers.0.w": np.array([np.nan, 1.0, 2.0, 3.0], np.float32),
+         "layers.0.v": np.array([1.0, 2.0, 3.0, 4.0], np.float32),
+         "layers.1.u": np.array([np.nan, 5.0], np.float32)}
+    b = {"layers.0.w": np.array([np.nan, 2.0, 2.0, 3.0], np.float32),  # NaN kept (same bits), 1 -> 2
+         "layers.0.v": np.array([1.0, np.nan, 3.0, 4.5], np.float32),  # 2 -> NaN, 4 -> 4.5
+         "layers.1.u": np.array([np.nan, 5.0], np.float32)}
+    v = Vault.init(tmp_path / "store")
+    v.snapshot(write_model(tmp_path / "a", a), "m")
+    v.snapshot(write_model(tmp_path / "b", b), "m")
+    d = diff_weights(v, "m@1", "m@2").to_dict()
+    t = {x["name"]: x for x in d["tensors"]}
+    w = t["layers.0.w"]
+    assert w["status"] == "changed" and w["max_abs_diff"] == 1.0 and w["n_changed"] == 1
+    assert w["frac_changed"] == 0.25 and w["n_nan_changed"] == 0
+    assert w["rel_l2"] == pytest.approx(1 / math.sqrt(1 + 4 + 9)) and w["l2_a"] == pytest.approx(math.sqrt(14))
+    vv = t["layers.0.v"]
+    assert vv["max_abs_diff"] == 0.5 and vv["n_changed"] == 2 and vv["n_nan_changed"] == 1
+    assert t["layers.1.u"]["status"] == "same"
+    layer0 = next(x for x in d["layers"] if x["layer"] == "layers.0")
+    assert layer0["max_abs_diff"] == 1.0
+
+
+def test_change_stats_nan_aware_in_any_merge_order():
+    a = np.array([np.nan, 1.0, 2.0], np.float32)
+    s = tensor_stats.piece_stats(a, a.copy())
+    assert s.n_changed == 0 and s.max_abs == 0.0 and s.aa == 5.0  # an unchanged NaN is not a change
+    moved = tensor_stats.piece_stats(a, np.array([np.nan, 2.0, 2.0], np.float32))
+    assert moved.max_abs == 1.0 and moved.n_changed == 1 and moved.n_nan_changed == 0
+    gone = tensor_stats.piece_stats(np.array([1.0], np.float32), np.array([np.nan], np.float32))
+    assert gone.max_abs == 0.0 and gone.n_changed == 1 and gone.n_nan_changed == 1
+    poisoned = tensor_stats.ChangeStats(1, 1, max_abs=math.nan)  # even a NaN max cannot win or hide one
+    for x, y in ((moved, gone), (gone, moved), (moved, poisoned), (poisoned, moved)):
+        m = x.merge(y)
+        assert m.max_abs == 1.0
+    sign = tensor_stats.piece_stats(np.array([0.0], np.float32), np.array([-0.0], np.float32))
+    assert sign.n_changed == 1 and sign.max_abs == 0.0  # bits changed, value did not
+    inf = tensor_stats.piece_stats(np.array([np.inf, 1.0], np.float32), np.array([np.inf, 3.0], np.float32))
+    assert inf.n_changed == 1 and inf.max_abs == 2.0 and inf.dd == 4.0
+    bf16 = np.array([0x7FC1, 0x3F80], np.uint16).tobytes()  # a NaN and 1.0, as bfloat16
+    va = tensor_stats.values(bf16, "BF16")
+    assert tensor_stats.piece_stats(va, tensor_stats.values(bf16, "BF16")).n_changed == 0

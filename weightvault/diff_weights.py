@@ -95,7 +95,8 @@ class LayerSummary:
         rel_l2: ||B - A|| / ||A|| over the group's compared tensors (same
             tensors are not read, so they are not in the denominator).
         max_rel_l2: the largest per-tensor relative change.
-        max_abs_diff: the largest absolute element change.
+        max_abs_diff: the largest absolute element change (positions where either side is NaN
+            left out; see :mod:`weightvault.tensor_stats`).
     """
 
     layer: str
@@ -391,7 +392,7 @@ def summarize_layers(tensors) -> tuple[LayerSummary, ...]:
         out.append(LayerSummary(
             layer, layer_of(ts[0].name)[1] if layer != OTHER_GROUP else None, len(ts),
             sum(t.status == "changed" for t in ts), sum(t.status in STRUCTURAL for t in ts), total.rel_l2,
-            max((s.rel_l2 for s in compared), default=0.0), max((s.max_abs for s in compared), default=0.0)))
+            tensor_stats.nanmax(*(s.rel_l2 for s in compared)), tensor_stats.nanmax(*(s.max_abs for s in compared))))
     out.sort(key=lambda x: (-_sortable(x.rel_l2), -x.structural, x.index if x.index is not None else -1, x.layer))
     return tuple(out)
 

@@ -7,6 +7,11 @@ absolute difference, how many elements differ). Partial statistics of the
 pieces of one tensor merge in any order, so pieces can be computed on a
 thread pool.
 
+NaN: an element is changed when its bit pattern changed (so a NaN left as it
+was is not a change, and 0.0 -> -0.0 is one). Positions where either side is
+NaN are left out of the sums and of the largest difference, and counted in
+``n_nan_changed`` when changed; a NaN never reaches a max.
+
 >>> import numpy as np
 >>> s = piece_stats(np.ones(4, np.float32), np.array([1, 1, 1, 2], np.float32))
 >>> round(s.rel_l2, 3), s.frac_changed
@@ -94,7 +99,8 @@ class ChangeStats:
         ab: sum of A times B.
         dd: sum of (B - A) squared, accumulated directly (not from aa+bb-2ab,
             which cancels catastrophically for small changes).
-        max_abs: largest |B - A|.
+        max_abs: largest |B - A| over positions where neither side is NaN.
+        n_nan_changed: changed elements where A or B is NaN (left out of the sums and max_abs).
     """
 
     n: int = 0
@@ -104,11 +110,12 @@ class ChangeStats:
     ab: float = 0.0
     dd: float = 0.0
     max_abs: float = 0.0
+    n_nan_changed: int = 0
 
     def merge(self, other: "ChangeStats") -> "ChangeStats":
         return ChangeStats(self.n + other.n, self.n_changed + other.n_changed, self.aa + other.aa,
                            self.bb + other.bb, self.ab + other.ab, self.dd + other.dd,
-                           max(self.max_abs, other.max_abs))
+                           nanmax(self.max_abs, other.max_abs), self.n_nan_changed + other.n_nan_changed)
 
     @property
     def rel_l2(self) -> float:
@@ -132,12 +139,19 @@ class ChangeStats:
         """The figures a report shows (JSON-safe: NaN and inf become None)."""
         return {"rel_l2": _finite(self.rel_l2), "cosine": _finite(self.cosine),
                 "max_abs_diff": _finite(self.max_abs), "frac_changed": self.frac_changed,
-                "n_changed": self.n_changed, "l2_a": _finite(math.sqrt(self.aa)),
-                "l2_b": _finite(math.sqrt(self.bb)), "l2_diff": _finite(math.sqrt(self.dd))}
+                "n_changed": self.n_changed, "n_nan_changed": self.n_nan_changed,
+                "l2_a": _finite(math.sqrt(self.aa)), "l2_b": _finite(math.sqrt(self.bb)),
+                "l2_diff": _finite(math.sqrt(self.dd))}
 
 
 def _finite(x):
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def nanmax(*xs: float) -> float:
+    """The largest of ``xs`` ignoring NaN (Python's max() keeps or drops a NaN by argument order)."""
+    vals = [x for x in xs if x == x]
+    return max(vals) if vals else 0.0
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
@@ -157,22 +171,63 @@ def _f64(a: np.ndarray, slot: int) -> np.ndarray:
     return out
 
 
+def changed_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elements whose bit patterns differ (same float dtype); across dtypes, values differ, NaN = NaN."""
+    if a.dtype == b.dtype and a.dtype.kind == "f":
+        u = np.dtype(f"u{a.dtype.itemsize}")
+        return a.view(u) != b.view(u)
+    ne = a != b
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        ne &= ~(np.isnan(a) & np.isnan(b))
+    return ne
+
+
 def piece_stats(a: np.ndarray, b: np.ndarray) -> ChangeStats:
     """Statistics of one aligned pair of pieces (equal lengths)."""
     if a.size == 0:
         return ChangeStats()
-    n_changed = int(np.count_nonzero(a != b))
+    changed = changed_mask(a, b)
+    n_changed = int(np.count_nonzero(changed))
     a64, b64 = _f64(a, 0), _f64(b, 1)
     aa = _dot(a64, a64)
     if n_changed == 0:  # identical piece: no difference to measure
+        if aa != aa:  # NaNs (unchanged) in it
+            aa = _nan_free_dot(a64)
         return ChangeStats(a.size, 0, aa, aa, aa, 0.0, 0.0)
     bb, ab = _dot(b64, b64), _dot(a64, b64)
-    d = np.subtract(b64, a64, out=b64)
-    return ChangeStats(a.size, n_changed, aa, bb, ab, _dot(d, d), float(max(d.max(), -d.min())))
+    if aa != aa or bb != bb:  # a NaN on either side: the slow, masked way (rare)
+        return _masked_stats(a64, b64, changed)
+    with np.errstate(invalid="ignore"):  # inf - inf
+        d = np.subtract(b64, a64, out=b64)
+    dd = _dot(d, d)
+    if dd != dd:  # inf - inf at an unchanged infinity
+        d[np.isnan(d)] = 0.0
+        dd = _dot(d, d)
+    return ChangeStats(a.size, n_changed, aa, bb, ab, dd, float(max(d.max(), -d.min())))
+
+
+def _nan_free_dot(x: np.ndarray) -> float:
+    keep = x[~np.isnan(x)]
+    return _dot(keep, keep)
+
+
+def _masked_stats(a64: np.ndarray, b64: np.ndarray, changed: np.ndarray) -> ChangeStats:
+    """Statistics over the positions where neither side is NaN; NaN positions only counted."""
+    nan = np.isnan(a64) | np.isnan(b64)
+    keep = ~nan
+    a, b = a64[keep], b64[keep]
+    with np.errstate(invalid="ignore"):
+        d = b - a
+    d[np.isnan(d)] = 0.0  # inf - inf: an unchanged infinity
+    max_abs = float(np.abs(d).max()) if d.size else 0.0
+    return ChangeStats(a64.size, int(np.count_nonzero(changed)), _dot(a, a), _dot(b, b), _dot(a, b), _dot(d, d),
+                       max_abs, int(np.count_nonzero(changed & nan)))
 
 
 def same_piece_stats(a: np.ndarray) -> ChangeStats:
     """Statistics of a piece both versions share (one decode, no difference)."""
     a64 = _f64(a, 0)
     aa = _dot(a64, a64)
+    if aa != aa:
+        aa = _nan_free_dot(a64)
     return ChangeStats(a.size, 0, aa, aa, aa, 0.0, 0.0)
