@@ -175,3 +175,45 @@ def test_behaviour_of_a_version_that_is_not_a_transformers_model_is_one_line_err
     html = tmp_path / "r.html"
     r = cli("diff", "toy@1", "toy@1", "--prompts", prompts, "--html", html, store=tmp_path / "store")
     assert r.rc == 4 and not html.exists()  # nothing half-written
+
+
+def test_prompt_beyond_the_positions_or_empty_is_one_line_naming_its_line(gpt_store, tmp_path, cli):
+    """128 positions: a prompt over them, or one that leaves no room for --max-new-tokens, is refused up front."""
+    html = tmp_path / "r.html"
+    base = ("diff", "gpt@1", "gpt@2", "--html", html, "--device", "cpu")
+    long = write_prompts(tmp_path / "long.jsonl", [PROMPTS[0], "a b c d e f g " * 40])
+    r = cli(*base, "--prompts", long, store=gpt_store["root"])
+    assert r.rc == 4 and f"{long}:2:" in r.err and "128 positions" in r.err and "shorten" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1 and "internal error" not in r.err and not html.exists()
+    n = cli("diff", "gpt@1", "gpt@1", "--prompts", write_prompts(tmp_path / "one.jsonl", ["a b c d e f g " * 8]),
+            "--json", "--max-new-tokens", "0", store=gpt_store["root"]).json()["behaviour"]["per_prompt"][0]["tokens"]
+    fits = write_prompts(tmp_path / "fits.jsonl", ["a b c d e f g " * 8])
+    r = cli(*base, "--prompts", fits, "--max-new-tokens", 128 - n + 1, store=gpt_store["root"])
+    assert r.rc == 4 and f"{fits}:1:" in r.err and f"use --max-new-tokens {128 - n} or less" in r.err, r
+    assert not html.exists()
+    r = cli(*base, "--prompts", fits, "--max-new-tokens", 128 - n, store=gpt_store["root"])
+    assert r.rc == 0 and html.exists(), r
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "a b"}\n\n{"prompt": ""}\n')
+    r = cli("diff", "gpt@1", "gpt@2", "--prompts", empty, store=gpt_store["root"])
+    assert r.rc == 4 and f"{empty}:3: tokenizes to no tokens" in r.err and len(r.err.strip().splitlines()) == 1, r
+
+
+def test_encoder_diff_truncates_like_distill_at_max_seq_length(tmp_path, minilm_dir):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from weightvault.diff_behaviour import embed
+    from weightvault.teacher import load_teacher
+
+    v = Vault.init(tmp_path / "store")
+    v.snapshot(minilm_dir, "minilm")
+    teacher = load_teacher("minilm@1", device="cpu", vault=v)
+    assert teacher.max_seq_length == 256
+    text = " ".join(["the archive keeps every version of the weights"] * 60)
+    tok, model = AutoTokenizer.from_pretrained(str(minilm_dir)), AutoModel.from_pretrained(str(minilm_dir)).eval()
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=256)
+    assert enc["input_ids"].shape[1] == 256 < len(tok(text)["input_ids"])
+    with torch.no_grad():
+        want = model(**enc).last_hidden_state[0].double().mean(0)
+    assert torch.allclose(embed(torch, teacher, text), want, atol=1e-5)

@@ -246,6 +246,13 @@ def test_distill_and_rerun_human_output(gpt2_vault, prompts_file, tmp_path, cli)
 
 
 def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, prompts_file, tmp_path):
+    """The finished rows go to OUT.partial.parquet, which says so; an existing complete OUT stays as it was."""
+    out = tmp_path / "partial.parquet"
+    full = distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=4, batch_size=2),
+                       device="cpu")
+    before = out.read_bytes()
+    assert json.loads(pq.read_metadata(str(out)).metadata[distill.OUTPUT_KEY.encode()]) == {
+        "complete": True, "rows": 5, "run_id": full.run_id}
     calls = []
 
     def progress(rows, tokens):
@@ -253,15 +260,110 @@ def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, pr
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    out = tmp_path / "partial.parquet"
     with pytest.raises(distill.DistillInterrupted) as e:
         distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=4, batch_size=2),
                     device="cpu", progress=progress)
-    assert e.value.result.rows == 4 and not e.value.result.complete
-    assert pq.read_table(str(out)).num_rows == 4
-    _, got = gpt2_vault.sql("SELECT output_rows, complete FROM distill_runs WHERE run_id = ?", [e.value.result.run_id])
-    assert got == [(4, False)]
-    assert distill_drift.rerun(gpt2_vault, e.value.result.run_id).rows == 4  # reruns what was kept
+    r = e.value.result
+    assert r.rows == 4 and not r.complete and r.total == 5
+    partial = tmp_path / "partial.partial.parquet"
+    assert r.output == str(partial) and out.read_bytes() == before  # the complete file is untouched
+    assert pq.read_table(str(partial)).num_rows == 4
+    assert json.loads(pq.read_metadata(str(partial)).metadata[distill.OUTPUT_KEY.encode()]) == {
+        "complete": False, "rows": 4, "run_id": r.run_id}
+    assert json.loads(pq.read_table(str(partial)).schema.metadata[b"weightvault.distill"])["rows_expected"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if "parquet" in p.name) == ["partial.parquet",
+                                                                                 "partial.partial.parquet"]
+    msg = e.value.describe()
+    assert "4 of 5" in msg and str(partial) in msg and r.run_id in msg and "left as it was" in msg
+    _, got = gpt2_vault.sql("SELECT output_rows, complete, output_path FROM distill_runs WHERE run_id = ?",
+                            [r.run_id])
+    assert got == [(4, False, str(partial))]
+    assert distill_drift.rerun(gpt2_vault, r.run_id).rows == 4  # reruns what was kept
+
+
+def test_ctrl_c_in_the_cli_names_the_partial_file_and_a_rerun_says_what_it_recorded(gpt2_vault, prompts_file,
+                                                                                    tmp_path, cli, monkeypatch):
+    from weightvault import distill_gen
+
+    real = distill_gen.causal_batch
+
+    def stop_at_second_batch(teacher, prompts, settings, cfg, bi):
+        if bi == 1:
+            raise KeyboardInterrupt
+        return real(teacher, prompts, settings, cfg, bi)
+
+    monkeypatch.setattr(distill_gen, "causal_batch", stop_at_second_batch)
+    out = tmp_path / "o.parquet"
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 3,
+            "--batch-size", 2, "--device", "cpu")
+    assert r.rc == 130 and "kept 2 of 5 finished rows" in r.err and "o.partial.parquet" in r.err, r
+    assert "was not written" in r.err and not out.exists()
+    run_id = cli("sql", "SELECT run_id FROM distill_runs", "--json").json()[0]["run_id"]
+    r = cli("distill", "--rerun", run_id)  # reruns the 2 kept rows: batch 0 only, so it finishes
+    assert r.rc == 0 and "reproduced identically" in r.out, r
+    monkeypatch.setattr(distill_gen, "causal_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    r = cli("distill", "--rerun", run_id)
+    assert r.rc == 130 and f"rerun of {run_id} stopped" in r.err and "incomplete run" in r.err, r
+    assert "committed versions are intact" not in r.err
+    _, got = gpt2_vault.sql("SELECT run_id, output_rows, complete FROM distill_runs WHERE NOT complete "
+                            "AND run_id != ?", [run_id])
+    assert len(got) == 1 and got[0][1:] == (0, False) and got[0][0] in r.err
+
+
+def test_first_ctrl_c_while_recording_finishes_the_recording(gpt2_vault, prompts_file, tmp_path, monkeypatch):
+    """A real SIGINT while the output is archived: the run is still archived, recorded and named."""
+    import os
+    import signal
+
+    from weightvault.vault import Vault
+
+    real = Vault.snapshot
+
+    def snapshot_hit_by_ctrl_c(self, *a, **kw):
+        if kw.get("source_info", {}).get("kind") == "distill":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Vault, "snapshot", snapshot_hit_by_ctrl_c)
+    out = tmp_path / "o.parquet"
+    with pytest.raises(distill.DistillInterrupted) as e:
+        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3), device="cpu")
+    r = e.value.result
+    assert e.value.during_recording and r.complete and r.rows == 5 and "finished recording" in e.value.describe()
+    assert pq.read_table(str(out)).num_rows == 5 and distill.file_sha256(out) == r.output_sha256
+    _, got = gpt2_vault.sql("SELECT output_rows, complete, output_path FROM distill_runs WHERE run_id = ?",
+                            [r.run_id])
+    assert got == [(5, True, str(out))]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_that_stops_the_recording_leaves_no_unrecorded_file_under_the_final_name(gpt2_vault, prompts_file,
+                                                                                      tmp_path, cli, monkeypatch):
+    """As a second Ctrl-C would: KeyboardInterrupt between archiving the data and writing the event."""
+    from weightvault.archive.store import Store
+
+    real = Store.put_event
+
+    def interrupted(self, etype, payload, **kw):
+        if etype == "distill_run":
+            raise KeyboardInterrupt
+        return real(self, etype, payload, **kw)
+
+    monkeypatch.setattr(Store, "put_event", interrupted)
+    out = tmp_path / "rec.parquet"
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 3,
+            "--device", "cpu")
+    assert r.rc == 130, r
+    kept = tmp_path / "rec.unrecorded.parquet"
+    assert not out.exists() and pq.read_table(str(kept)).num_rows == 5
+    assert "no run was recorded" in r.err and str(kept) in r.err and "weightvault rm distill-runs@" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    _, got = gpt2_vault.sql("SELECT count(*) FROM distill_runs")
+    assert got == [(0,)]
+    monkeypatch.setattr(Store, "put_event", real)
+    assert cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 3,
+               "--device", "cpu").rc == 0
+    assert pq.read_table(str(out)).num_rows == 5
 
 
 def test_distilled_from_lineage_edge_and_catalog_rebuild(gpt2_vault, gpt2_dir, prompts_file, tmp_path, cli):
@@ -299,6 +401,124 @@ def test_broken_prompt_line_is_one_error_and_records_nothing(gpt2_vault, tmp_pat
     assert r.rc == 4 and f"{p}:2: not JSON" in r.err
     assert not (tmp_path / "o.parquet").exists()
     assert _catalog_and_events(gpt2_vault) == before and store_snapshot_state(gpt2_vault.root) == state
+
+
+def _refused(vault, cli, args, rc, *needles, out=None):
+    """Run a distill/diff that must be refused: one line naming ``needles``, exit ``rc``, nothing written."""
+    before = _catalog_and_events(vault)
+    state = store_snapshot_state(vault.root)
+    r = cli(*args)
+    assert r.rc == rc, r
+    assert len(r.err.strip().splitlines()) == 1 and "internal error" not in r.err and "→" in r.err, r.err
+    for n in needles:
+        assert n in r.err, (n, r.err)
+    if out is not None:
+        assert not Path(out).exists() and not list(Path(out).parent.glob(f".{Path(out).name}*"))
+    assert _catalog_and_events(vault) == before and store_snapshot_state(vault.root) == state
+    return r
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_generating(gpt2_vault, prompts_file, tmp_path, cli):
+    from teacher_models import make_tiny_bert_mlm
+
+    vocab = load_teacher("tiny-gpt2@1", device="cpu", vault=gpt2_vault).model.config.vocab_size
+    out = tmp_path / "k.parquet"
+    base = ("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 2)
+    _refused(gpt2_vault, cli, base + ("--top-k", vocab + 1), 2, f"--top-k {vocab + 1}", f"({vocab} tokens)",
+             f"--top-k {vocab} or less", out=out)
+    gpt2_vault.snapshot(make_tiny_bert_mlm(tmp_path / "bert"), "tiny-bert")
+    _refused(gpt2_vault, cli, ("distill", "tiny-bert@1", "--prompts", prompts_file, "--out", out, "--token-logits",
+                               "--top-k", 100000), 2, "tiny-bert@1's vocabulary", out=out)
+    # exactly the vocabulary is fine, and every position holds top_k entries, as the metadata says
+    r = cli(*base, "--top-k", vocab, "--json")
+    assert r.rc == 0, r
+    t = pq.read_table(str(out))
+    assert json.loads(t.schema.metadata[b"weightvault.distill"])["top_k"] == vocab
+    for row in t.to_pylist():
+        assert len(row["topk_ids"]) == vocab * len(row["completion_ids"])
+    assert cli("distill", "--rerun", r.json()["run_id"], "--json").json()["identical"]
+
+
+def test_prompt_longer_than_the_positions_is_refused_naming_its_line(gpt2_vault, tmp_path, cli):
+    p = tmp_path / "long.jsonl"
+    p.write_text('{"prompt": "the vault"}\n\n' + json.dumps({"prompt": "the vault keeps every version "}) + "\n")
+    out = tmp_path / "l.parquet"
+    # 64 positions: the first prompt fits 64 new tokens minus its own; the second (line 3) is long
+    r = _refused(gpt2_vault, cli, ("distill", "tiny-gpt2@1", "--prompts", p, "--out", out, "--max-new-tokens", 40,
+                                   "--device", "cpu"), 4, f"{p}:3:", "--max-new-tokens 40", "64 positions",
+                 "use --max-new-tokens", out=out)
+    room = int(r.err.split("use --max-new-tokens ")[1].split()[0])
+    assert cli("distill", "tiny-gpt2@1", "--prompts", p, "--out", out, "--max-new-tokens", room,
+               "--device", "cpu").rc == 0
+    assert cli("distill", "tiny-gpt2@1", "--prompts", p, "--out", tmp_path / "m.parquet", "--max-new-tokens",
+               room + 1, "--device", "cpu").rc == 4
+    p.write_text(json.dumps({"prompt": "the vault keeps every version " * 20}) + "\n")  # over 64 on its own
+    _refused(gpt2_vault, cli, ("distill", "tiny-gpt2@1", "--prompts", p, "--out", out.with_name("n.parquet"),
+                               "--max-new-tokens", 1), 4, f"{p}:1:", "shorten that prompt")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_empty_prompt_is_refused_at_any_batch_size(gpt2_vault, tmp_path, cli, batch_size):
+    p = tmp_path / "e.jsonl"
+    p.write_text('{"prompt": "the vault"}\n{"prompt": ""}\n')
+    out = tmp_path / "e.parquet"
+    _refused(gpt2_vault, cli, ("distill", "tiny-gpt2@1", "--prompts", p, "--out", out, "--max-new-tokens", 2,
+                               "--batch-size", batch_size), 4, f"{p}:2: tokenizes to no tokens",
+             "remove or fill that line", out=out)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--device", "banana"), "unknown device 'banana'"),
+    (("--device", "cuda:99"), "cuda:99"),
+    (("--dtype", "int8"), "dtype 'int8'"),
+    (("--dtype", "bogus"), "unknown dtype 'bogus'"),
+    (("--temperature", "nan"), "--temperature nan"),
+    (("--temperature", "inf"), "--temperature inf"),
+    (("--temperature", "-1"), "--temperature -1"),
+    (("--max-length", "8"), "--max-length applies to encoders"),
+])
+def test_bad_device_dtype_and_temperature_are_usage_errors(gpt2_vault, prompts_file, tmp_path, cli, args, needle):
+    out = tmp_path / "d.parquet"
+    _refused(gpt2_vault, cli, ("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out,
+                               "--max-new-tokens", 2) + args, 2, needle, out=out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_cuda_is_a_usage_error_for_distill_and_diff(gpt2_vault, gpt2_dir, prompts_file, tmp_path, cli):
+    out = tmp_path / "d.parquet"
+    _refused(gpt2_vault, cli, ("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--device", "cuda"),
+             2, "'cuda' is not available", "--device cpu", out=out)
+    _refused(gpt2_vault, cli, ("distill", "--rerun", "0123456789abcdef", "--device", "cuda"), 2, "'cuda'")
+    gpt2_vault.snapshot(gpt2_dir, "tiny-gpt2-copy")
+    for args in (("--device", "cuda"), ("--device", "banana"), ("--dtype", "int8")):
+        _refused(gpt2_vault, cli, ("diff", "tiny-gpt2@1", "tiny-gpt2-copy@1", "--prompts", prompts_file) + args, 2,
+                 args[1])
+
+
+def test_a_checkpoint_missing_a_parameter_is_refused_not_filled_with_random_values(vault, gpt2_dir, prompts_file,
+                                                                                  tmp_path, cli):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "gpt-missing"
+    shutil.copytree(gpt2_dir, folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    del sd["transformer.h.1.mlp.c_proj.weight"]
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    vault.snapshot(folder, "gptmiss")
+    from weightvault.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"lacks 1 parameter .*transformer\.h\.1\.mlp\.c_proj\.weight"):
+        load_teacher("gptmiss@1", device="cpu", vault=vault)
+    out = tmp_path / "m.parquet"
+    _refused(vault, cli, ("distill", "gptmiss@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 2),
+             4, "gptmiss@1", "transformer.h.1.mlp.c_proj.weight", "archive the complete checkpoint", out=out)
+    # the tied lm_head that save_pretrained leaves out is not "missing"
+    assert "lm_head.weight" not in load_file(str(gpt2_dir / "model.safetensors"))
+    vault.snapshot(gpt2_dir, "tiny-gpt2")
+    model, _ = load_teacher("tiny-gpt2@1", device="cpu", vault=vault)
+    assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_version_that_is_not_a_transformers_model(vault, tmp_path, toy_model, prompts_file, cli):
@@ -346,6 +566,56 @@ def test_minilm_from_the_store_embeds_like_the_original_folder(vault, minilm_dir
     assert cos.min() >= 0.99999, cos
     r = cli("distill", "--rerun", r.json()["run_id"], "--json")
     assert r.rc == 0 and r.json()["identical"] and r.json()["metrics"]["cosine_min"] >= 0.99999
+
+
+def _direct_minilm(minilm_dir, texts, max_length):
+    """Mean pooling + L2 normalise over AutoModel, truncated at ``max_length`` (what the folder's modules say)."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+    model = transformers.AutoModel.from_pretrained(str(minilm_dir)).eval()
+    out = []
+    for t in texts:
+        enc = tok(t, return_tensors="pt", truncation=True, max_length=max_length)
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state[0]
+        out.append(torch.nn.functional.normalize(h.mean(0), dim=0).numpy())
+    return np.array(out), [len(tok(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+
+
+def test_minilm_truncates_at_its_sentence_transformers_max_seq_length(vault, minilm_dir, tmp_path, cli):
+    assert json.loads((minilm_dir / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+    vault.snapshot(minilm_dir, "minilm")
+    texts = [" ".join(["the archive keeps every version of the weights and the catalog records lineage"] * 30),
+             "short one"]
+    p = tmp_path / "long.jsonl"
+    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "long.parquet"
+    r = cli("distill", "minilm@1", "--prompts", p, "--out", out, "--device", "cpu", "--json")
+    assert r.rc == 0, r
+    t = pq.read_table(str(out))
+    rows = t.to_pylist()
+    want, lengths = _direct_minilm(minilm_dir, texts, 256)
+    assert [len(row["input_ids"]) for row in rows] == lengths and lengths[0] == 256
+    got = np.array([row["embedding"] for row in rows])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert json.loads(t.schema.metadata[b"weightvault.distill"])["settings"]["max_length"] == 256
+    _, rec = vault.sql("SELECT settings->>'max_length' FROM distill_runs WHERE run_id = ?", [r.json()["run_id"]])
+    assert rec == [("256",)]
+    try:
+        import sentence_transformers as st
+    except ImportError:
+        st = None
+    if st is not None:
+        ref = st.SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, convert_to_numpy=True)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+    out2 = tmp_path / "short.parquet"
+    assert cli("distill", "minilm@1", "--prompts", p, "--out", out2, "--max-length", 128, "--device", "cpu").rc == 0
+    rows = pq.read_table(str(out2)).to_pylist()
+    want, lengths = _direct_minilm(minilm_dir, texts, 128)
+    assert [len(row["input_ids"]) for row in rows] == lengths and lengths[0] == 128
+    np.testing.assert_allclose(np.array([row["embedding"] for row in rows]), want, atol=1e-5)
+    _refused(vault, cli, ("distill", "minilm@1", "--prompts", p, "--out", tmp_path / "x.parquet", "--max-length",
+                          100000), 2, "--max-length 100000", "512 positions", out=tmp_path / "x.parquet")
 
 
 # -- GPU ---------------------------------------------------------------------------------

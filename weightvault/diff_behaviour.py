@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from weightvault.errors import InvalidInputError, UsageError
+from weightvault.errors import PromptFileError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 16
 WORST = 5
@@ -38,11 +38,16 @@ class PromptSet:
         path: the file.
         hash: BLAKE3 of its bytes, as ``distill_runs.prompt_set_hash`` records it.
         prompts: the prompt texts, in file order.
+        lines: the file line of each prompt (1-based).
     """
 
     path: str
     hash: str
     prompts: tuple[str, ...]
+    lines: tuple[int, ...] = ()
+
+    def line_of(self, i: int) -> int:
+        return self.lines[i] if i < len(self.lines) else i + 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,11 @@ def load_prompts(path) -> PromptSet:
     from weightvault.distill import read_prompts
 
     ps = read_prompts(path)
-    return PromptSet(str(path), ps.hash, ps.texts)
+    return PromptSet(str(path), ps.hash, ps.texts, ps.lines)
+
+
+class InvalidPrompt(ValueError):
+    """A prompt a model cannot take (turned into a PromptFileError naming its line)."""
 
 
 def _finite(x):
@@ -142,14 +151,47 @@ def _generate(torch, model, tok, ids, max_new_tokens: int) -> str:
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _tokenize(torch, tok_a, tok_b, text: str, index: int, device):
-    ids = tok_a(text, return_tensors="pt")["input_ids"]
-    if tok_b is not tok_a and tok_b(text, return_tensors="pt")["input_ids"].tolist() != ids.tolist():
-        raise UsageError(f"prompt {index}: the versions' tokenizers split it differently",
+def _tokenize(torch, tok_a, tok_b, text: str, index: int, device, prompts: PromptSet | None = None):
+    where = (prompts.path, prompts.line_of(index)) if prompts is not None else ("prompt", index + 1)
+    ids = tok_a(text, return_tensors="pt", verbose=False)["input_ids"]
+    if tok_b is not tok_a and tok_b(text, return_tensors="pt", verbose=False)["input_ids"].tolist() != ids.tolist():
+        raise UsageError(f"{where[0]}:{where[1]}: the versions' tokenizers split this prompt differently",
                          hint="a behaviour diff of causal LMs needs one shared tokenizer")
     if ids.shape[1] == 0:
-        raise InvalidInputError(f"prompt {index}: tokenizes to no tokens", hint="remove or fill that line")
+        raise PromptFileError(*where, "tokenizes to no tokens", hint="remove or fill that line")
     return ids.to(device)
+
+
+def tokenize_causal(torch, ta, tb, prompts: PromptSet, generate: int) -> list:
+    """Every prompt tokenised and checked before any model runs.
+
+    Args:
+        generate: tokens each prompt is extended by (the side-by-side generation; 0 for none).
+    Raises:
+        PromptFileError: a prompt that tokenizes to nothing, or that (with ``generate`` more
+            tokens) does not fit either model's positions; names the file's line.
+    """
+    from weightvault.teacher import position_limit
+
+    all_ids = [_tokenize(torch, ta.tokenizer, tb.tokenizer, t, i, ta.model.device, prompts)
+               for i, t in enumerate(prompts.prompts)]
+    limits = [n for n in (position_limit(ta.model), position_limit(tb.model)) if n]
+    if not limits:
+        return all_ids
+    limit, longest = min(limits), max(int(x.shape[1]) for x in all_ids)
+    for i, ids in enumerate(all_ids):
+        n = int(ids.shape[1])
+        if n + generate > limit:
+            if n > limit:
+                reason = f"{n} tokens exceed the model's {limit} positions"
+                hint = f"shorten that prompt to {limit} tokens or fewer"
+            else:
+                reason = f"{n} prompt tokens + --max-new-tokens {generate} exceed the model's {limit} positions"
+                room = limit - longest
+                hint = (f"use --max-new-tokens {room} or less (0: no side-by-side texts), or shorten that prompt"
+                        if room >= 0 else "shorten that prompt, or use --max-new-tokens 0")
+            raise PromptFileError(prompts.path, prompts.line_of(i), reason, hint=hint)
+    return all_ids
 
 
 def diff_causal(torch, ta, tb, prompts: PromptSet, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -162,8 +204,9 @@ def diff_causal(torch, ta, tb, prompts: PromptSet, *, max_new_tokens: int = DEFA
     rows, all_kl, all_top1 = [], [], []
     nll_a = nll_b = 0.0
     n_pred = 0
+    all_ids = tokenize_causal(torch, ta, tb, prompts, max_new_tokens if texts is None else 0)
     for i, text in enumerate(prompts.prompts):
-        ids = _tokenize(torch, ta.tokenizer, tb.tokenizer, text, i, ta.model.device)
+        ids = all_ids[i]
         c = compare_causal_prompt(torch, ta.model, tb.model, ids)
         if texts is not None:
             gen_a, gen_b = texts[0][i], texts[1][i]
@@ -195,10 +238,20 @@ def diff_causal(torch, ta, tb, prompts: PromptSet, *, max_new_tokens: int = DEFA
 # -- encoders ------------------------------------------------------------------
 
 
-def embed(torch, teacher, text: str):
-    """The pooled sentence embedding of one input (float64, on the CPU)."""
+def embed(torch, teacher, text: str, max_length: int | None = None):
+    """The pooled sentence embedding of one input (float64, on the CPU).
+
+    Inputs are truncated as ``weightvault distill`` truncates them
+    (:func:`weightvault.teacher.encoder_max_length`: the folder's sentence-transformers
+    ``max_seq_length``, else the tokenizer's limit) unless ``max_length`` is given.
+    """
+    from weightvault.teacher import encoder_max_length
+
     tok, model = teacher.tokenizer, teacher.model
-    enc = tok(text, return_tensors="pt", truncation=True).to(model.device)
+    n = encoder_max_length(teacher, max_length)
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=n).to(model.device)
+    if enc["input_ids"].shape[1] == 0:
+        raise InvalidPrompt("tokenizes to no tokens")
     with torch.no_grad():
         out = model(**enc, output_hidden_states=True)
     hidden = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.hidden_states[-1]
@@ -218,8 +271,11 @@ def diff_encoder(torch, ta, tb, prompts: PromptSet, progress=None):
     """Cosine of the two versions' pooled embeddings per input: (summary, per_prompt, worst)."""
     rows = []
     for i, text in enumerate(prompts.prompts):
-        ea = embed(torch, ta, text)
-        eb = ea if tb.model is ta.model else embed(torch, tb, text)
+        try:
+            ea = embed(torch, ta, text)
+            eb = ea if tb.model is ta.model else embed(torch, tb, text)
+        except InvalidPrompt as e:
+            raise PromptFileError(prompts.path, prompts.line_of(i), str(e), hint="remove or fill that line") from None
         if ea.shape != eb.shape:
             raise UsageError(f"embedding sizes differ ({ea.shape[0]} vs {eb.shape[0]})",
                              hint="compare versions of one architecture")

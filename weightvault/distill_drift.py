@@ -65,6 +65,9 @@ def rerun(vault, run_id: str, *, out=None, device: str | None = None, dtype=None
         progress: as for :func:`weightvault.distill.run`.
     Returns:
         Drift.
+    Raises:
+        DistillInterrupted: Ctrl-C; the finished rows were recorded as an incomplete run
+            (``rerun_of`` set) and archived; no drift is measured.
     """
     import pyarrow.parquet as pq
 
@@ -82,6 +85,15 @@ def rerun(vault, run_id: str, *, out=None, device: str | None = None, dtype=None
         device = p["device"] if not p["device"].startswith("cuda") or torch.cuda.is_available() else "auto"
         dtype = dtype or (p["dtype"] if device != "auto" else None)
     teacher = load_teacher(_resolved(vault, p["teacher"]["manifest_id"]), device=device, dtype=dtype, vault=vault)
+    if settings.max_length is None and teacher.kind != "causal-lm":
+        # Runs recorded before the length was recorded truncated at the tokenizer's limit (at most
+        # 8192): rerun them as they ran, so a rerun measures the teacher, not a changed default.
+        from dataclasses import replace
+
+        from weightvault.teacher import position_limit
+
+        old = min(getattr(teacher.tokenizer, "model_max_length", 512) or 512, 8192)
+        settings = replace(settings, max_length=min(old, position_limit(teacher.model) or old))
     with tempfile.TemporaryDirectory(prefix="wv-rerun-") as tmp:
         target = Path(out) if out else Path(tmp) / "rerun.parquet"
         res = distill.run(vault, None, pset, target, settings, teacher=teacher, progress=progress,

@@ -34,7 +34,9 @@ class DistillSettings:
         batch_size: prompts per forward pass; decoder-only batches are left-padded.
         token_logits: masked LMs: also store top-k log-probs for every input token.
         logprob_dtype: ``float16`` (compact) or ``float32``.
-        max_length: encoders: truncate inputs to this many tokens (default: the tokenizer's limit).
+        max_length: encoders and masked LMs: truncate inputs to this many tokens. None: the folder's
+            sentence-transformers ``max_seq_length``, else the tokenizer's limit, at most the model's
+            positions (:func:`weightvault.teacher.encoder_max_length`); a run records the length it used.
     """
 
     max_new_tokens: int = 64
@@ -209,8 +211,10 @@ def encoder_batch(teacher, texts: list[str], settings: DistillSettings) -> dict:
     """Pooled embeddings (and masked-LM top-k log-probs per token when asked) for one batch."""
     import torch
 
+    from weightvault.teacher import encoder_max_length
+
     model, tok = teacher.model, teacher.tokenizer
-    max_len = settings.max_length or min(getattr(tok, "model_max_length", 512) or 512, 8192)
+    max_len = encoder_max_length(teacher, settings.max_length)
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}

@@ -59,6 +59,8 @@ class Teacher:
         dtype: the floating dtype of its parameters, e.g. ``float32``.
         pooling: for encoders, the sentence-transformers pooling: ``{"mode": "mean"|"cls"|"max",
             "normalize": bool}`` (mean, unnormalised when the folder says nothing).
+        max_seq_length: the ``max_seq_length`` of the folder's ``sentence_bert_config.json``
+            (the length sentence-transformers truncates inputs to), or None.
     """
 
     model: object
@@ -69,6 +71,7 @@ class Teacher:
     device: str
     dtype: str
     pooling: dict = field(default_factory=dict)
+    max_seq_length: int | None = None
 
     def __iter__(self):
         return iter((self.model, self.tokenizer))
@@ -85,27 +88,107 @@ def require_torch(feature: str = "teacher loading"):
 
 
 def pick_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; anything else as given."""
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; anything else checked and returned.
+
+    Raises:
+        UsageError: not a torch device name, or a device this torch build or machine does not have.
+    """
+    from weightvault.errors import UsageError
+
     torch, _ = require_torch()
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return device
+    backend = getattr(torch, dev.type, None)
+    if dev.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise UsageError(f"device {device!r} is not available: this torch ({torch.__version__}) has no "
+                         f"{dev.type} device here", hint="use --device cpu (or auto, which picks CUDA when present)")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise UsageError(f"device {device!r} does not exist: {count()} {dev.type} device(s) here",
+                         hint=f"use {dev.type}:0 to {dev.type}:{count() - 1}")
     return device
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
 def pick_dtype(device: str, dtype=None):
-    """The parameter dtype: as asked, else bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU."""
+    """The parameter dtype: as asked, else bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU.
+
+    Raises:
+        UsageError: not a floating dtype a model can run in (float32, bfloat16, float16, float64).
+    """
+    from weightvault.errors import UsageError
+
     torch, _ = require_torch()
     if dtype is not None:
-        if isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                from weightvault.errors import UsageError
-
-                raise UsageError(f"unknown dtype {dtype!r}", hint="use float32, bfloat16 or float16")
-            return getattr(torch, dtype)
-        return dtype
+        name = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+        if name not in FLOAT_DTYPES:
+            known = isinstance(getattr(torch, name, None), torch.dtype)
+            raise UsageError(f"{'unknown dtype' if not known else 'dtype'} {name!r}"
+                             + ("" if not known else ": models run in floating-point dtypes only"),
+                             hint="use float32, bfloat16 or float16")
+        return getattr(torch, name)
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def check_device_dtype(device: str | None = "auto", dtype=None) -> None:
+    """Refuse a bad ``--device``/``--dtype`` before any work (the UsageErrors of pick_device/pick_dtype)."""
+    pick_dtype(pick_device(device or "auto"), dtype)
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model has (``n_positions`` / ``max_position_embeddings``), or None."""
+    cfg = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        n = getattr(cfg, key, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def vocab_size(model) -> int | None:
+    """Entries of the model's output distribution (its logits' last dimension), or None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    w = getattr(head, "weight", None)
+    if w is not None and w.dim() == 2:
+        return int(w.shape[0])
+    n = getattr(getattr(model, "config", None), "vocab_size", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def encoder_max_length(teacher, asked: int | None = None) -> int:
+    """The length encoder inputs are truncated to.
+
+    ``asked`` (``--max-length``) when given; else the folder's sentence-transformers
+    ``max_seq_length``; else the tokenizer's ``model_max_length`` (at most 8192). Never more
+    than the model's positions.
+
+    Raises:
+        UsageError: ``asked`` is below 1 or above the model's positions.
+    """
+    from weightvault.errors import UsageError
+
+    limit = position_limit(teacher.model)
+    if asked is not None:
+        if asked < 1 or (limit is not None and asked > limit):
+            raise UsageError(f"--max-length {asked} does not fit {teacher.ref}"
+                             + (f", which has {limit} positions" if limit else ""),
+                             hint=f"use --max-length 1 to {limit}" if limit else "use --max-length 1 or more")
+        return asked
+    n = teacher.max_seq_length or min(getattr(teacher.tokenizer, "model_max_length", 512) or 512, 8192)
+    return min(n, limit) if limit else n
 
 
 def load_teacher(ref, device: str = "auto", dtype=None, vault=None) -> Teacher:
@@ -149,13 +232,14 @@ def load_teacher(ref, device: str = "auto", dtype=None, vault=None) -> Teacher:
             cls, kind = model_class(transformers, config, Path(tmp), name)
             tokenizer = _load_tokenizer(transformers, Path(tmp))
             pooling = read_pooling(Path(tmp)) if kind == ENCODER else {}
+            max_seq = read_max_seq_length(Path(tmp)) if kind in (ENCODER, MASKED) else None
         model = build_empty(torch, cls, config)
         load_weights(torch, weights, model, device, target, name)
     model.to(device)  # buffers (position ids, rotary tables) were built on the CPU
     model.eval()
     model.requires_grad_(False)
     return Teacher(model, tokenizer, name, resolved.manifest_id, kind, str(next(model.parameters()).device),
-                   str(target).replace("torch.", ""), pooling)
+                   str(target).replace("torch.", ""), pooling, max_seq)
 
 
 def write_aux_files(vault, ref, manifest, folder: Path) -> list[str]:
@@ -246,6 +330,15 @@ def read_pooling(folder: Path) -> dict:
                         pooling["mode"] = mode
                         break
     return pooling
+
+
+def read_max_seq_length(folder: Path) -> int | None:
+    """``max_seq_length`` of a sentence-transformers folder's ``sentence_bert_config.json``, or None."""
+    with contextlib.suppress(ValueError, OSError, TypeError, AttributeError):
+        n = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
 
 
 @contextlib.contextmanager
@@ -502,7 +595,23 @@ def _install(torch, aliases, tensor, device, dtype, stored_name):
 
 
 def _finish_missing(torch, model, slots, loaded, device, dtype, name):
-    """Parameters the checkpoint lacks: tie them as the config says, else initialise them and warn."""
+    """Parameters the checkpoint lacks: tie them as the config says; refuse any other.
+
+    A tied parameter (lm_head <- input embeddings, a decoder bias <- its head's bias) is
+    not stored by ``save_pretrained`` and comes back through ``model.tie_weights()``;
+    buffers (position ids, rotary tables) are computed in ``__init__`` and never counted
+    here. A parameter the model class declares optional (``_keys_to_ignore_on_load_missing``)
+    is initialised by the model's own ``_init_weights`` under a fixed seed, so a reload is
+    reproducible. Anything else would be random values in a teacher whose outputs are meant
+    to be regenerated bit for bit later: refused.
+
+    Raises:
+        InvalidInputError: naming the parameters the checkpoint lacks.
+    """
+    import re
+
+    from weightvault.errors import InvalidInputError
+
     missing = [k for k, al in slots.items() if al[0][2] and id(al) not in loaded
                and getattr(al[0][0], al[0][1]).device.type == "meta"]
     if not missing:
@@ -512,12 +621,22 @@ def _finish_missing(torch, model, slots, loaded, device, dtype, name):
     still = [k for k in missing if getattr(slots[k][0][0], slots[k][0][1]).device.type == "meta"]
     if not still:
         return
-    log.warning("%s: %d parameters are not in the checkpoint and were freshly initialised: %s",
+    optional = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]
+    refused = [k for k in still if not any(p.search(k) for p in optional)]
+    if refused:
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        raise InvalidInputError(
+            f"{name}: the checkpoint lacks {len(refused)} parameter{'s' if len(refused) > 1 else ''} the model "
+            f"needs ({shown}); filling {'them' if len(refused) > 1 else 'it'} with random values would make "
+            f"every run differ", hint="archive the complete checkpoint (the folder save_pretrained writes)")
+    log.warning("%s: %d optional parameters are not in the checkpoint and were initialised with seed 0: %s",
                 name, len(still), ", ".join(still[:5]) + (" …" if len(still) > 5 else ""))
-    for k in still:
-        module, attr, _ = slots[k][0]
-        meta = getattr(module, attr)
-        module._parameters[attr] = torch.nn.Parameter(torch.zeros(meta.shape, dtype=dtype, device=device),
-                                                      requires_grad=False)
-        with contextlib.suppress(Exception):
-            model._init_weights(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for k in still:
+            module, attr, _ = slots[k][0]
+            meta = getattr(module, attr)
+            module._parameters[attr] = torch.nn.Parameter(torch.zeros(meta.shape, dtype=dtype, device=device),
+                                                          requires_grad=False)
+            with contextlib.suppress(Exception):
+                model._init_weights(module)

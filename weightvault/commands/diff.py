@@ -26,7 +26,7 @@ def register(sub, common):
     p.add_argument("--top", type=int, default=TOP, metavar="N", help=f"rows per table (default {TOP})")
     p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
                    help="greedy tokens generated per prompt for the side-by-side texts (default 16)")
-    p.add_argument("--device", default="auto", help="device for --prompts: auto, cpu, cuda (default auto)")
+    p.add_argument("--device", default="auto", help="device for --prompts: auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--dtype", default=None, help="parameter dtype for --prompts, e.g. float32 (default: "
                                                  "fp32 on CPU, bf16 on CUDA)")
     p.set_defaults(func=cmd_diff)
@@ -41,7 +41,11 @@ def run_diff(v, args) -> dict:
     if args.prompts:
         from weightvault.diff_behaviour import load_prompts
 
+        from weightvault.teacher import check_device_dtype, require_torch
+
         prompts = load_prompts(args.prompts)  # bad input fails before any work
+        require_torch("behaviour diff")
+        check_device_dtype(args.device, args.dtype)
     v.resolve(args.a), v.resolve(args.b)  # an unknown version fails before a progress bar appears
     with progress_bar(f"diff {args.a} {args.b}", enabled=not args.json) as bar:
         wd = diff_weights(v, args.a, args.b, progress=bar)

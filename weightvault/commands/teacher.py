@@ -20,7 +20,8 @@ def register(sub, common):
     p.add_argument("--rerun", metavar="RUN", help="regenerate a recorded run and report drift against it")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens per completion (default 64)")
     p.add_argument("--top-k", type=int, default=20, metavar="K", help="top-k log-probs stored per token (default 20)")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="0 = greedy (default); a finite T > 0 samples")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts per batch (default 8)")
     p.add_argument("--device", default=None, metavar="D", help="auto (default), cpu, cuda, cuda:1 ...")
@@ -28,6 +29,9 @@ def register(sub, common):
     p.add_argument("--logprob-dtype", default="float16", choices=["float16", "float32"],
                    help="storage dtype of log-probs (default float16)")
     p.add_argument("--token-logits", action="store_true", help="masked LMs: store top-k log-probs for every token")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="encoders and masked LMs: truncate inputs to N tokens (default: the folder's "
+                        "sentence-transformers max_seq_length, else the tokenizer's limit)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -47,16 +51,17 @@ def cmd_distill(args):
 
     settings = DistillSettings(max_new_tokens=args.max_new_tokens, top_k=args.top_k, temperature=args.temperature,
                                seed=args.seed, batch_size=args.batch_size, token_logits=args.token_logits,
-                               logprob_dtype=args.logprob_dtype)
+                               logprob_dtype=args.logprob_dtype, max_length=args.max_length)
     v = open_vault(args)
     try:
         with token_bar(f"distill {args.ref}", enabled=not args.json) as bar:
             res = distill.run(v, args.ref, args.prompts, args.out, settings, device=args.device or "auto",
                               dtype=args.dtype, progress=bar)
     except distill.DistillInterrupted as e:
-        r = e.result
-        err_console().print(f"[yellow]interrupted[/]: kept {r.rows} finished rows in {escape(str(r.output))}; "
-                            f"recorded as incomplete run {r.run_id}")
+        err_console().print(f"[yellow]interrupted[/]: {escape(e.describe())}")
+        return 130
+    except distill.DistillRecordingInterrupted as e:
+        err_console().print(f"[yellow]interrupted[/]: {escape(e.message)}")
         return 130
     if args.json:
         print_json(_summary(res))
@@ -76,12 +81,32 @@ def _summary(res) -> dict:
 
 
 def _rerun(args):
-    from weightvault import distill_drift
-    from weightvault._ui import out_console, print_json, table
+    from weightvault import distill, distill_drift
+    from weightvault._ui import err_console, escape, out_console, print_json, table
 
+    if args.device or args.dtype:
+        from weightvault.teacher import check_device_dtype
+
+        check_device_dtype(args.device, args.dtype)
     v = open_vault(args)
-    with token_bar(f"rerun {args.rerun}", enabled=not args.json) as bar:
-        d = distill_drift.rerun(v, args.rerun, out=args.out, device=args.device, dtype=args.dtype, progress=bar)
+    try:
+        with token_bar(f"rerun {args.rerun}", enabled=not args.json) as bar:
+            d = distill_drift.rerun(v, args.rerun, out=args.out, device=args.device, dtype=args.dtype, progress=bar)
+    except distill.DistillInterrupted as e:
+        what = "stopped" if not e.result.complete else "finished"
+        err_console().print(f"[yellow]interrupted[/]: rerun of {args.rerun} {what}, no drift measured; "
+                            f"{escape(e.describe(file_kept=bool(args.out)))} (rerun_of {args.rerun})")
+        return 130
+    except distill.DistillRecordingInterrupted as e:
+        msg = e.message
+        if not args.out:  # the new output lived in a temp folder, gone now
+            msg = f"stopped while recording run {e.run_id}: no run was recorded"
+            if e.archived:
+                msg += (f"; its data was archived as {e.archived} without a run record "
+                        f"(`weightvault rm {e.archived}` removes it)")
+            msg += f"; rerun `weightvault distill --rerun {args.rerun}`"
+        err_console().print(f"[yellow]interrupted[/]: rerun of {args.rerun}: {escape(msg)}")
+        return 130
     if args.json:
         print_json({"run_id": d.run_id, "rerun_id": d.rerun.run_id, "rows": d.rows, "identical": d.identical,
                     "metrics": d.metrics, "worst": list(d.worst), "device": d.rerun.payload["device"],
