@@ -141,6 +141,7 @@ def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a folder", hint="pass the folder that holds config.json and the weights")
     out = []
+
     def excluded(rel: str, name: str) -> bool:
         return any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) for pat in exclude)
 

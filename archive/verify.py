@@ -152,11 +152,13 @@ def _through(base: str, bad: dict) -> tuple[str, str]:
     them is never blamed (repair would quarantine it, and a re-snapshot of the lost bytes would no
     longer heal the versions built on it)."""
     reason, cause = bad[base]
-    at = cause or base
-    root_reason = bad[at][0] if at in bad and not bad[at][1] else reason
-    if cause and root_reason is reason:  # "its delta base X is damaged: R": keep R only
-        root_reason = reason.split(": ", 1)[-1]
-    return f"its delta base {at[:16]} is damaged: {root_reason}", at
+    if cause is None:
+        return f"its delta base {base[:16]} is damaged: {reason}", base
+    if cause in bad and bad[cause][1] is None:  # the chunk at fault was checked on its own
+        reason = bad[cause][0]
+    else:  # "its delta base C is damaged: R" -> R
+        reason = reason.split(": ", 1)[-1]
+    return f"its delta base {cause[:16]} is damaged: {reason}", cause
 
 
 def _count(report, cid, problem, lengths, uses, progress) -> None:
