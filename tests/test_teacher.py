@@ -183,6 +183,14 @@ def test_distill_then_rerun_reproduces_exactly_on_cpu(gpt2_vault, gpt2_dir, prom
     assert m["exact_match_rate"] == 1.0 and m["top1_agreement"] == 1.0
     assert m["kl_max"] == 0.0 and m["kl_mean"] == 0.0 and m["max_abs_dlogprob"] == 0.0
     assert m["positions_compared"] == sum(len(row["completion_ids"]) for row in rows)
+    # the rerun is found with SQL, and every library version each run recorded
+    cols, got = gpt2_vault.sql("SELECT run_id, rerun_of FROM distill_reruns")
+    assert got == [(drift["rerun_id"], res["run_id"])], got
+    libs = dict(gpt2_vault.sql("SELECT library, version FROM distill_run_versions WHERE run_id = ?",
+                               [res["run_id"]])[1])
+    import tokenizers
+    assert libs["tokenizers"] == tokenizers.__version__ and libs["torch"] == torch.__version__
+    assert int(libs["torch_threads"]) == torch.get_num_threads()
 
 
 def test_sampling_with_a_seed_reproduces_and_drift_is_measured(gpt2_vault, prompts_file, tmp_path):

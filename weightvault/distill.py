@@ -197,12 +197,25 @@ def read_prompts(path) -> PromptSet:
 
 
 def library_versions() -> dict:
+    """What decides a run's numbers besides the teacher and the settings: torch and transformers,
+    the tokenizer library (which decides the prompt ids), numpy, Python, and torch's thread count
+    (CPU reductions are summed in a thread-dependent order)."""
+    import platform
+    from importlib import metadata
+
     import torch
     import transformers
 
     from weightvault import __version__
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "weightvault": __version__}
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "weightvault": __version__,
+           "python": platform.python_version(), "torch_threads": str(torch.get_num_threads())}
+    for dist in ("tokenizers", "numpy", "safetensors"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, device: str = "auto",
