@@ -275,6 +275,7 @@ def test_nan_never_hides_a_change_and_an_unchanged_nan_is_not_one(tmp_path):
     assert w["rel_l2"] == pytest.approx(1 / math.sqrt(1 + 4 + 9)) and w["l2_a"] == pytest.approx(math.sqrt(14))
     vv = t["layers.0.v"]
     assert vv["max_abs_diff"] == 0.5 and vv["n_changed"] == 2 and vv["n_nan_changed"] == 1
+    assert vv["rel_l2"] is None and vv["l2_a"] == pytest.approx(math.sqrt(1 + 4 + 9 + 16))  # inf: JSON null
     assert t["layers.1.u"]["status"] == "same"
     layer0 = next(x for x in d["layers"] if x["layer"] == "layers.0")
     assert layer0["max_abs_diff"] == 1.0
@@ -288,6 +289,10 @@ def test_change_stats_nan_aware_in_any_merge_order():
     assert moved.max_abs == 1.0 and moved.n_changed == 1 and moved.n_nan_changed == 0
     gone = tensor_stats.piece_stats(np.array([1.0], np.float32), np.array([np.nan], np.float32))
     assert gone.max_abs == 0.0 and gone.n_changed == 1 and gone.n_nan_changed == 1
+    # a value that became NaN is no small change, and A's own norm is still A's
+    assert gone.rel_l2 == math.inf and gone.cosine is None and gone.aa == 1.0 and gone.bb == 0.0
+    diverged = tensor_stats.piece_stats(np.array([3.0, 4.0], np.float32), np.full(2, np.nan, np.float32))
+    assert diverged.aa == 25.0 and diverged.rel_l2 == math.inf and diverged.to_dict()["l2_a"] == 5.0
     poisoned = tensor_stats.ChangeStats(1, 1, max_abs=math.nan)  # even a NaN max cannot win or hide one
     for x, y in ((moved, gone), (gone, moved), (moved, poisoned), (poisoned, moved)):
         m = x.merge(y)

@@ -119,15 +119,18 @@ class ChangeStats:
 
     @property
     def rel_l2(self) -> float:
-        """||B - A|| / ||A|| (inf when A is all zeros and B is not)."""
+        """||B - A|| / ||A|| (inf when A is all zeros and B is not, or when a value became or
+        stopped being NaN: the sums leave NaN positions out, and such a change is not small)."""
+        if self.n_nan_changed:
+            return math.inf
         if self.aa == 0:
             return 0.0 if self.dd == 0 else math.inf
         return math.sqrt(self.dd) / math.sqrt(self.aa)
 
     @property
     def cosine(self) -> float | None:
-        """Cosine similarity of A and B; None when either is all zeros."""
-        if self.aa == 0 or self.bb == 0:
+        """Cosine similarity of A and B; None when either is all zeros or a NaN changed."""
+        if self.aa == 0 or self.bb == 0 or self.n_nan_changed:
             return None
         return self.ab / (math.sqrt(self.aa) * math.sqrt(self.bb))
 
@@ -212,7 +215,9 @@ def _nan_free_dot(x: np.ndarray) -> float:
 
 
 def _masked_stats(a64: np.ndarray, b64: np.ndarray, changed: np.ndarray) -> ChangeStats:
-    """Statistics over the positions where neither side is NaN; NaN positions only counted."""
+    """A NaN on either side: each norm over its own side's numbers, the difference (and A·B) over
+    the positions where neither is NaN; a changed NaN position is counted (and makes rel_l2
+    infinite: a value that became NaN is not a small change)."""
     nan = np.isnan(a64) | np.isnan(b64)
     keep = ~nan
     a, b = a64[keep], b64[keep]
@@ -220,8 +225,8 @@ def _masked_stats(a64: np.ndarray, b64: np.ndarray, changed: np.ndarray) -> Chan
         d = b - a
     d[np.isnan(d)] = 0.0  # inf - inf: an unchanged infinity
     max_abs = float(np.abs(d).max()) if d.size else 0.0
-    return ChangeStats(a64.size, int(np.count_nonzero(changed)), _dot(a, a), _dot(b, b), _dot(a, b), _dot(d, d),
-                       max_abs, int(np.count_nonzero(changed & nan)))
+    return ChangeStats(a64.size, int(np.count_nonzero(changed)), _nan_free_dot(a64), _nan_free_dot(b64),
+                       _dot(a, b), _dot(d, d), max_abs, int(np.count_nonzero(changed & nan)))
 
 
 def same_piece_stats(a: np.ndarray) -> ChangeStats:

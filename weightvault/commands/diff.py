@@ -147,7 +147,8 @@ def print_diff(d: dict, *, top: int = TOP, show_all: bool = False) -> None:
         shown = rows if show_all else rows[:top]
         c.print(table(["tensor", "status", "rel L2", "cosine", "max |B-A|", "changed"],
                       [(t["name"], t["status"], _n(rel_change(t)), _cos(t["cosine"]), _n(t["max_abs_diff"]),
-                        _n(t["frac_changed"])) for t in shown],
+                        _n(t["frac_changed"]) + (f" ({t['n_nan_changed']} NaN)" if t.get("n_nan_changed") else ""))
+                       for t in shown],
                       title=f"tensors ({len(shown)} of {len(rows)} shown)" if len(shown) < len(rows) else "tensors",
                       fold=(0,)))
     files = [f for f in d["files"] if f["status"] != "same"]
