@@ -374,6 +374,29 @@ def test_ctrl_c_that_stops_the_recording_leaves_no_unrecorded_file_under_the_fin
     assert pq.read_table(str(out)).num_rows == 5
 
 
+def test_a_failure_while_recording_leaves_no_hidden_temp_file(gpt2_vault, prompts_file, tmp_path, cli,
+                                                               monkeypatch):
+    """A full disk while the output is archived left `.OUT.wv-XXXX.tmp`, the size of the output,
+    and said nothing of it."""
+    import errno
+
+    from weightvault.vault import Vault
+
+    def full(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", "store/tmp")
+
+    monkeypatch.setattr(Vault, "snapshot", full)
+    out = tmp_path / "full.parquet"
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", out, "--max-new-tokens", 3,
+            "--device", "cpu")
+    assert r.rc == 8 and "no space left" in r.err, r
+    kept = tmp_path / "full.unrecorded.parquet"
+    assert "no run was recorded" in r.err and str(kept) in r.err, r
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".parquet", ".tmp")) == [kept.name]
+    assert pq.read_table(str(kept)).num_rows == 5 and not out.exists()
+    assert gpt2_vault.sql("SELECT count(*) FROM distill_runs")[1] == [(0,)]
+
+
 def test_distilled_from_lineage_edge_and_catalog_rebuild(gpt2_vault, gpt2_dir, prompts_file, tmp_path, cli):
     res = distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, tmp_path / "o.parquet",
                       DistillSettings(max_new_tokens=3, top_k=3), device="cpu")
@@ -665,3 +688,65 @@ def test_masked_lm_token_logits_and_pooled_embeddings(vault, tmp_path, prompts_f
     r = cli("distill", "tiny-bert@1", "--prompts", prompts_file, "--out", out,
             "--token-logits", "--top-k", 0)
     assert r.rc == 2 and "--top-k" in r.err
+
+
+def test_only_a_learned_position_table_limits_prompts():
+    """A rotary model (Llama) has no hard position limit (rope scaling runs past
+    max_position_embeddings); GPT-2, BERT, RoBERTa and OPT have a table, less their offsets."""
+    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              OPTConfig, OPTForCausalLM, RobertaConfig, RobertaModel)
+
+    from weightvault.teacher import position_limit
+
+    small = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, vocab_size=100)
+    assert position_limit(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64,
+                                                     vocab_size=100))) == 64
+    assert position_limit(BertModel(BertConfig(max_position_embeddings=64, **small))) == 64
+    assert position_limit(RobertaModel(RobertaConfig(max_position_embeddings=66, pad_token_id=1, **small))) == 64
+    assert position_limit(OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64,
+                                                   num_attention_heads=2, max_position_embeddings=64,
+                                                   vocab_size=100, word_embed_proj_dim=32))) == 64
+    assert position_limit(LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, max_position_embeddings=128,
+                                                       **small))) is None
+
+
+def test_an_encoder_without_its_pooler_loads_and_embeds_as_the_full_one(vault, minilm_dir, tmp_path):
+    """Sentence-transformers folders saved from a masked-LM checkpoint often lack `pooler.*`, which
+    no pooling reads: refusing them as an incomplete checkpoint was wrong."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from weightvault.teacher import load_teacher
+
+    bare = tmp_path / "bare"
+    shutil.copytree(minilm_dir, bare)
+    tensors = load_file(str(bare / "model.safetensors"))
+    assert any(k.startswith("pooler.") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("pooler.")}, str(bare / "model.safetensors"))
+    vault.snapshot(minilm_dir, "full")
+    vault.snapshot(bare, "bare")
+    texts = ["the vault keeps every version", "a teacher comes back"]
+    want, _ = _direct_minilm(minilm_dir, texts, 256)
+    t = load_teacher("bare@1", device="cpu", vault=vault)
+    enc = t.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    import torch
+    with torch.no_grad():
+        h = t.model(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].to(h.dtype)
+    got = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_dtype_aliases_are_floats_and_integers_are_refused():
+    import torch
+
+    from weightvault.errors import UsageError
+    from weightvault.teacher import pick_dtype
+
+    assert pick_dtype("cpu", "half") is torch.float16 and pick_dtype("cpu", "double") is torch.float64
+    assert pick_dtype("cpu", torch.bfloat16) is torch.bfloat16
+    with pytest.raises(UsageError, match="floating-point"):
+        pick_dtype("cpu", "int8")
+    with pytest.raises(UsageError, match="unknown dtype"):
+        pick_dtype("cpu", "bogus")

@@ -269,11 +269,16 @@ def embed(torch, teacher, text: str, max_length: int | None = None):
 
 def diff_encoder(torch, ta, tb, prompts: PromptSet, progress=None):
     """Cosine of the two versions' pooled embeddings per input: (summary, per_prompt, worst)."""
+    from weightvault.teacher import encoder_max_length
+
+    # One length for both: were A's folder to say max_seq_length 256 and B's nothing (512), the
+    # cosine of a long input would measure the truncation, not the weights.
+    n = min(encoder_max_length(ta), encoder_max_length(tb))
     rows = []
     for i, text in enumerate(prompts.prompts):
         try:
-            ea = embed(torch, ta, text)
-            eb = ea if tb.model is ta.model else embed(torch, tb, text)
+            ea = embed(torch, ta, text, n)
+            eb = ea if tb.model is ta.model else embed(torch, tb, text, n)
         except InvalidPrompt as e:
             raise PromptFileError(prompts.path, prompts.line_of(i), str(e), hint="remove or fill that line") from None
         if ea.shape != eb.shape:

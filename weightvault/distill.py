@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -51,6 +52,8 @@ from weightvault.errors import (
     PromptFileError,
     UsageError,
 )
+
+log = logging.getLogger("weightvault")
 
 DATA_MODEL = "distill-runs"  # one model; each run is a version named by its run_id
 
@@ -424,6 +427,7 @@ def _finish_before_interrupt(run_id: str):
                 sys.stderr.write(f"\nCtrl-C: finishing the recording of run {run_id} first "
                                  "(press Ctrl-C again to stop now)\n")
         elif state["hits"] == 2:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a third one stops the cleanup too
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
@@ -485,6 +489,15 @@ def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens,
             raise _abandoned(vault, src, out, run_id, complete, rows, data) from None
         if src.exists() and src != final:  # recorded: the file goes where the event says
             os.replace(src, final)
+    except Exception:
+        # Not an interrupt (a full disk, a store that cannot be written): no hidden temp file is
+        # left behind, and the generated rows are not lost without a word.
+        if eid is None:
+            log.warning("%s", _abandoned(vault, src, out, run_id, complete, rows, data).message)
+        elif src.exists() and src != final:
+            with contextlib.suppress(OSError):
+                os.replace(src, final)
+        raise
     return DistillResult(run_id, eid, rows, tokens, seconds, str(final), sha, complete, payload, total, str(out))
 
 

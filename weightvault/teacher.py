@@ -118,9 +118,6 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
 def pick_dtype(device: str, dtype=None):
     """The parameter dtype: as asked, else bf16 on CUDA where supported (fp16 otherwise), fp32 on CPU.
 
@@ -132,12 +129,13 @@ def pick_dtype(device: str, dtype=None):
     torch, _ = require_torch()
     if dtype is not None:
         name = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
-        if name not in FLOAT_DTYPES:
-            known = isinstance(getattr(torch, name, None), torch.dtype)
-            raise UsageError(f"{'unknown dtype' if not known else 'dtype'} {name!r}"
-                             + ("" if not known else ": models run in floating-point dtypes only"),
+        resolved = getattr(torch, name, None)  # aliases too: half, float, double
+        if not isinstance(resolved, torch.dtype):
+            raise UsageError(f"unknown dtype {name!r}", hint="use float32, bfloat16 or float16")
+        if not resolved.is_floating_point:
+            raise UsageError(f"dtype {name!r}: models run in floating-point dtypes only",
                              hint="use float32, bfloat16 or float16")
-        return getattr(torch, name)
+        return resolved
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -149,12 +147,25 @@ def check_device_dtype(device: str | None = "auto", dtype=None) -> None:
 
 
 def position_limit(model) -> int | None:
-    """How many positions the model has (``n_positions`` / ``max_position_embeddings``), or None."""
-    cfg = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        n = getattr(cfg, key, None)
-        if isinstance(n, int) and n > 0:
-            return n
+    """How many positions a learned absolute position table gives the model (GPT-2's ``wpe``,
+    BERT/RoBERTa/OPT position embeddings, less RoBERTa's padding offset or OPT's offset), or None.
+
+    Only such a table is a hard limit: an index past it fails inside the model. Rotary and ALiBi
+    models (Llama, Mistral, Qwen, GPT-NeoX) have none; their ``max_position_embeddings`` is what
+    they were trained for (rope scaling goes past it), so they are not limited here.
+    """
+    import torch
+
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, torch.nn.Embedding) and (leaf == "wpe" or "position" in leaf):
+            n = mod.num_embeddings
+            offset = getattr(mod, "offset", None)
+            if isinstance(offset, int):
+                n -= offset  # OPT's learned positions start at index 2
+            elif mod.padding_idx is not None:
+                n -= mod.padding_idx + 1  # RoBERTa's start after the padding index
+            return n if n > 0 else None
     return None
 
 
@@ -622,6 +633,9 @@ def _finish_missing(torch, model, slots, loaded, device, dtype, name):
     if not still:
         return
     optional = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]
+    # An encoder's pooler: sentence-transformers folders saved from a masked-LM or RoBERTa checkpoint
+    # often lack it, and neither weightvault's pooling nor sentence-transformers' reads it.
+    optional.append(re.compile(r"(^|\.)pooler\."))
     refused = [k for k in still if not any(p.search(k) for p in optional)]
     if refused:
         shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
@@ -631,7 +645,8 @@ def _finish_missing(torch, model, slots, loaded, device, dtype, name):
             f"every run differ", hint="archive the complete checkpoint (the folder save_pretrained writes)")
     log.warning("%s: %d optional parameters are not in the checkpoint and were initialised with seed 0: %s",
                 name, len(still), ", ".join(still[:5]) + (" …" if len(still) > 5 else ""))
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):  # manual_seed seeds every device: give all their state back
         torch.manual_seed(0)
         for k in still:
             module, attr, _ = slots[k][0]

@@ -2,12 +2,11 @@
 -- library versions each run recorded beyond torch and transformers. Views over the `distill_run`
 -- events, so `weightvault catalog rebuild` keeps them.
 
--- One row per rerun: the run, the run it regenerated, and whether their outputs are the same bytes
--- (`same_output`; the data inside may match when the bytes do not: the file names its run).
+-- One row per rerun: the run, the run it regenerated, and both outputs' rows. (Their bytes always
+-- differ: each file names its own run; `weightvault distill --rerun` compares the data.)
 CREATE VIEW distill_reruns AS
 SELECT r.run_id, e.payload->>'rerun_of' AS rerun_of, r.created_at, r.teacher_ref, r.complete,
-       r.output_sha256, o.output_sha256 AS original_output_sha256,
-       r.output_sha256 = o.output_sha256 AS same_output
+       r.output_rows, o.output_rows AS original_output_rows
 FROM distill_runs r
 JOIN events e USING (event_id)
 LEFT JOIN distill_runs o ON o.run_id = e.payload->>'rerun_of'
