@@ -85,8 +85,15 @@ def find_run_pair(vault, manifest_a: str, manifest_b: str, prompt_hash: str, n_p
                 except Exception as e:  # noqa: BLE001 - a damaged old run must not stop the diff
                     log.warning("stored distillation runs %s/%s unreadable, generating instead: %s", ra[0], rb[0], e)
                     return None
+                k = int(ra[2])
+                if any(len(r["topk_ids"]) != k * len(r["completion_ids"]) for r in (*rows_a, *rows_b)):
+                    # a run recorded before --top-k was checked against the vocabulary holds fewer
+                    # entries per position than its top_k says: its layout cannot be read
+                    log.warning("stored distillation runs %s/%s do not hold %d entries per position, "
+                                "generating instead", ra[0], rb[0], k)
+                    return None
                 dtype = "float16" if "float16" in (ra[4], rb[4]) else "float32"
-                return RunPair(ra[0], rb[0], int(ra[2]), rows_a, rows_b, dtype)
+                return RunPair(ra[0], rb[0], k, rows_a, rows_b, dtype)
     return None
 
 
