@@ -316,6 +316,12 @@ def test_ctrl_c_in_the_cli_names_the_partial_file_and_a_rerun_says_what_it_recor
     _, got = gpt2_vault.sql("SELECT run_id, output_rows, complete FROM distill_runs WHERE NOT complete "
                             "AND run_id != ?", [run_id])
     assert len(got) == 1 and got[0][1:] == (0, False) and got[0][0] in r.err
+    # with --json, an interrupted run still prints what was recorded: scripts need the run id
+    monkeypatch.setattr(distill_gen, "causal_batch", stop_at_second_batch)
+    r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", tmp_path / "j.parquet",
+            "--max-new-tokens", 3, "--batch-size", 2, "--device", "cpu", "--json")
+    assert r.rc == 130 and r.json()["complete"] is False and r.json()["rows"] == 2, r
+    assert r.json()["output"].endswith("j.partial.parquet")
 
 
 def test_first_ctrl_c_while_recording_finishes_the_recording(gpt2_vault, prompts_file, tmp_path, monkeypatch):

@@ -59,6 +59,8 @@ def cmd_distill(args):
                               dtype=args.dtype, progress=bar)
     except distill.DistillInterrupted as e:
         err_console().print(f"[yellow]interrupted[/]: {escape(e.describe())}")
+        if args.json:  # a run was recorded (complete or not): a script needs its id
+            print_json(_summary(e.result))
         return 130
     except distill.DistillRecordingInterrupted as e:
         err_console().print(f"[yellow]interrupted[/]: {escape(e.message)}")
