@@ -263,6 +263,16 @@ class ChunkHeader:
     def base(self) -> str | None:
         return self.meta.get("base") or None
 
+    def size_problem(self, stored_size: int) -> str | None:
+        """Why a container of ``stored_size`` bytes cannot hold what this header says, or None
+        (``verify --structure``, and snapshot before it reuses a stored chunk)."""
+        total = sum(e - b for b, e in self.streams.values())
+        if self.codec == "raw" and total != self.raw_len:
+            return f"raw container holds {total} bytes, expected {self.raw_len}"
+        if max((e for _, e in self.streams.values()), default=0) > stored_size:
+            return "container streams run past its end (truncated)"
+        return None
+
 
 def parse_container(container: bytes, chunk_id: str) -> ChunkHeader:
     try:

@@ -171,15 +171,13 @@ class Store:
         """Why the stored container of ``chunk_id`` cannot hold its ``raw_len`` raw bytes (missing,
         header unreadable or naming another chunk, another raw length, truncated), or None. Reads
         a few KiB: what ``verify --structure`` checks, not a decode."""
-        from weightvault.archive.verify import _plausible
-
         try:
             h, size = self.chunk_header(chunk_id)
         except IntegrityError as e:
             return getattr(e, "reason", None) or str(e)
         if h.raw_len != raw_len:
             return f"container raw_len {h.raw_len} != {raw_len}"
-        return _plausible(h, size, raw_len)
+        return h.size_problem(size)
 
     def replace_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> None:
         """Store a chunk over a damaged copy (atomic rename). Only for a full encoding of the

@@ -203,16 +203,6 @@ def _problem(cid: str, e: IntegrityError) -> tuple[str, str | None]:
     return reason, None
 
 
-def _plausible(header, stored_size: int, raw_len: int) -> str | None:
-    """Why a container's stored size cannot hold its raw bytes, or None."""
-    total = sum(e - b for b, e in header.streams.values())
-    if header.codec == "raw" and total != raw_len:
-        return f"raw container holds {total} bytes, expected {raw_len}"
-    if max((e for _, e in header.streams.values()), default=0) > stored_size:
-        return "container streams run past its end (truncated)"
-    return None
-
-
 def check_structure(store: Store, manifests: dict[str, Manifest], *, progress=None,
                     workers: int | None = None) -> VerifyReport:
     """Fast check: every referenced chunk (and delta base) exists and its header is sound.
@@ -239,7 +229,7 @@ def check_structure(store: Store, manifests: dict[str, Manifest], *, progress=No
             return _problem(cid, e)[0], None
         if raw_len is not None and h.raw_len != raw_len:
             return f"container raw_len {h.raw_len} != recorded {raw_len}", None
-        return _plausible(h, size, h.raw_len), h.base
+        return h.size_problem(size), h.base
 
     def check(cid):
         problem, base = header_problem(cid, lengths[cid])

@@ -248,7 +248,7 @@ def embed(torch, teacher, text: str, max_length: int | None = None):
     from weightvault.teacher import encoder_max_length
 
     tok, model = teacher.tokenizer, teacher.model
-    n = encoder_max_length(teacher, max_length)
+    n = max_length if max_length is not None else encoder_max_length(teacher)  # diff_encoder resolves it once
     enc = tok(text, return_tensors="pt", truncation=True, max_length=n).to(model.device)
     if enc["input_ids"].shape[1] == 0:
         raise InvalidPrompt("tokenizes to no tokens")
