@@ -441,8 +441,12 @@ def export_catalog(vault, url: str, *, views: bool = False) -> list[dict]:
         previous = json.loads(backend.get(key(provenance.EXPORT_LIST)))
     except (FileNotFoundError, ValueError):
         previous = None
+
+    def check(files):
+        provenance.check_foreign_exports(previous, files, lambda f: backend.has(key(f)), loc.url)
+
     with tempfile.TemporaryDirectory(prefix="wv-export-") as tmp:
-        done = provenance.export_catalog(vault, tmp, views=views)
+        done = provenance.export_catalog(vault, tmp, views=views, check=check)
         out = []
         for d in done:
             name = Path(d["path"]).name

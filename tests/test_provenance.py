@@ -325,13 +325,30 @@ def test_catalog_export_writes_every_table(family, cli, tmp_path):
     listed = json.loads((out / "_export.json").read_text())
     assert [f["file"] for f in listed["files"]] == [f"{d['table']}.parquet" for d in r]
     # a list that names something outside the folder or a non-Parquet file is never followed
-    (out / "_export.json").write_text(json.dumps({"files": [{"file": "../x.parquet"}, {"file": "mine.parquet"},
-                                                            {"file": "README.md"}]}))
+    listed["files"] += [{"file": "../x.parquet"}, {"file": "mine.parquet"}, {"file": "README.md"}]
+    (out / "_export.json").write_text(json.dumps(listed))
     (tmp_path / "x.parquet").write_bytes(b"x")
     (out / "README.md").write_text("keep")
     ok(cli("catalog", "export", out))
     assert (tmp_path / "x.parquet").exists() and (out / "README.md").exists()
     assert not (out / "mine.parquet").exists()  # listed, so weightvault's to replace
+
+
+def test_catalog_export_never_overwrites_a_file_no_export_listed(family, cli, tmp_path):
+    """A user's own versions.parquet (or an export whose _export.json was deleted) is not replaced:
+    the export is refused before it writes anything."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "versions.parquet").write_bytes(b"the user's")
+    r = cli("catalog", "export", out)
+    assert r.rc != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert f"{out}/versions.parquet exists" in r.err and "_export.json" in r.err, r
+    assert sorted(p.name for p in out.iterdir()) == ["versions.parquet"]
+    assert (out / "versions.parquet").read_bytes() == b"the user's"
+    # once the file is moved away the same export works, and its own files are replaced the next time
+    (out / "versions.parquet").unlink()
+    ok(cli("catalog", "export", out))
+    ok(cli("catalog", "export", out))
 
 
 def test_bad_provenance_input_leaves_nothing(family, cli, store_dir):

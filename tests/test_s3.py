@@ -342,6 +342,13 @@ def test_catalog_export_writes_parquet_into_the_bucket(s3_store_url, seaweed, s3
     r = cli("catalog", "export", url, "--json", store=s3_store_url)
     assert r.rc == 0, r
     assert keys() == {f"{d['table']}.parquet" for d in r.json()} | {"_export.json"}
+    # an object no export listed is never overwritten: the export is refused before any PUT
+    s3.put_object(Bucket=s3_bucket, Key="mine/versions.parquet", Body=b"the user's")
+    r = cli("catalog", "export", f"s3://{s3_bucket}/mine", store=s3_store_url)
+    assert r.rc != 0 and "Traceback" not in r.err and "mine/versions.parquet exists" in r.err, r
+    listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="mine/").get("Contents", [])
+    assert [o["Key"] for o in listed] == ["mine/versions.parquet"]
+    assert s3.get_object(Bucket=s3_bucket, Key="mine/versions.parquet")["Body"].read() == b"the user's"
 
 
 def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_url, toy_model, tmp_path):

@@ -282,7 +282,7 @@ def lineage_tree(vault, ref) -> dict:
 EXPORT_LIST = "_export.json"  # what the last export wrote; never matches *.parquet
 
 
-def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
+def export_catalog(vault, folder, *, views: bool = False, check=None) -> list[dict]:
     """Write every catalog table to ``folder/<table>.parquet``; with ``views`` every view too (its
     rows as of now: a view's SQL needs the catalog's other views and macros, which Parquet cannot
     carry). Returns [{table, kind, rows, path}].
@@ -290,8 +290,12 @@ def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
     The folder also gets ``_export.json``, the list of what this export wrote. A file that the
     previous export listed and this one did not write (a view's, after ``--views`` then without
     it; a table's that no longer exists) is removed, so ``read_parquet('DIR/*.parquet')`` and a
-    listing of the folder show one export. Files weightvault never listed are left alone."""
+    listing of the folder show one export. Files weightvault never listed are left alone, and an
+    export that would overwrite one (a ``versions.parquet`` of the user's) is refused before
+    anything is written. ``check(files)``, if given, replaces that test (an S3 export checks the
+    bucket, not the local folder it writes through)."""
     import json
+    import os
     from pathlib import Path
 
     out_dir = Path(folder)
@@ -309,6 +313,11 @@ def export_catalog(vault, folder, *, views: bool = False) -> list[dict]:
             names += [(t, "view") for (t,) in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
                 "AND schema_name = 'main' AND NOT internal ORDER BY view_name").fetchall()]
+        files = [f"{t}.parquet" for t, _ in names]
+        if check is None:
+            check_foreign_exports(previous, files, lambda f: os.path.lexists(out_dir / f), out_dir)
+        else:
+            check(files)
         done = []
         for t, kind in names:
             path = out_dir / f"{t}.parquet"
@@ -334,6 +343,23 @@ def export_list(done: list[dict]) -> bytes:
     files = [{"file": f"{d['table']}.parquet", "name": d["table"], "kind": d["kind"], "rows": d["rows"]}
              for d in done]
     return json.dumps({"written_by": f"weightvault {__version__}", "files": files}, indent=1).encode() + b"\n"
+
+
+def check_foreign_exports(previous, files: list[str], exists, where) -> None:
+    """Refuse an export that would replace a file no earlier export listed in ``_export.json``
+    (one of the user's, or an export's whose list was lost): ``exists(name)`` tells whether
+    ``name`` is there."""
+    from weightvault.errors import AlreadyExistsError
+
+    ours = set()
+    if isinstance(previous, dict) and isinstance(previous.get("files"), list):
+        ours = {f.get("file") for f in previous["files"] if isinstance(f, dict)}
+    for name in files:
+        if name not in ours and exists(name):
+            raise AlreadyExistsError(
+                f"{str(where).rstrip('/')}/{name} exists and no earlier `weightvault catalog export` "
+                f"there wrote it (it is not in {EXPORT_LIST}); export into another folder, or move "
+                f"that file away and rerun")
 
 
 def stale_exports(previous, done: list[dict]) -> list[str]:

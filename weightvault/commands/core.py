@@ -103,7 +103,8 @@ def register(sub, common):
                     example="weightvault catalog export ./catalog-parquet --views", parents=[common],
                     description="write every catalog table to DIR/<table>.parquet (--views: the views too). "
                                 "DIR/_export.json lists what was written; a file the previous export listed "
-                                "and this one did not write is removed, so DIR holds one export.")
+                                "and this one did not write is removed, so DIR holds one export. A file of that name that "
+                                "no export listed (your own versions.parquet) is never replaced: the export is refused.")
     c.add_argument("dir", help="output folder, or s3://BUCKET/PATH to write into a bucket")
     c.add_argument("--views", action="store_true",
                    help="also write each view (datasets, lineage, version_storage, ...) as DIR/<view>.parquet, "
