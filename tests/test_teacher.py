@@ -186,6 +186,9 @@ def test_distill_then_rerun_reproduces_exactly_on_cpu(gpt2_vault, gpt2_dir, prom
     # the rerun is found with SQL, and every library version each run recorded
     cols, got = gpt2_vault.sql("SELECT run_id, rerun_of FROM distill_reruns")
     assert got == [(drift["rerun_id"], res["run_id"])], got
+    # without --out the rerun's file was a temp file, gone now: no path is recorded for it
+    _, got = gpt2_vault.sql("SELECT run_id, output_path FROM distill_runs ORDER BY run_id = ?", [res["run_id"]])
+    assert got == [(drift["rerun_id"], None), (res["run_id"], str(out))], got
     libs = dict(gpt2_vault.sql("SELECT library, version FROM distill_run_versions WHERE run_id = ?",
                                [res["run_id"]])[1])
     import tokenizers
@@ -289,6 +292,37 @@ def test_ctrl_c_keeps_finished_rows_and_records_an_incomplete_run(gpt2_vault, pr
     assert distill_drift.rerun(gpt2_vault, r.run_id).rows == 4  # reruns what was kept
 
 
+def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, prompts_file, tmp_path, monkeypatch):
+    """A real SIGINT that lands while a batch goes into the file: the file, its footer and the
+    recorded run agree on the rows (the count used to miss the batch just written)."""
+    import os
+    import signal
+
+    import pyarrow.parquet
+
+    real = pyarrow.parquet.ParquetWriter.write_table
+    writes = []
+
+    def write_then_ctrl_c(self, table, *a, **kw):
+        real(self, table, *a, **kw)
+        writes.append(table.num_rows)
+        if len(writes) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, inside the write's block
+
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", write_then_ctrl_c)
+    out = tmp_path / "o.parquet"
+    with pytest.raises(distill.DistillInterrupted) as e:
+        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
+                    device="cpu")
+    r = e.value.result
+    partial = tmp_path / "o.partial.parquet"
+    assert writes == [2, 2] and r.rows == 4 and not r.complete, (writes, r)
+    assert pq.read_table(str(partial)).num_rows == 4
+    assert json.loads(pq.read_metadata(str(partial)).metadata[distill.OUTPUT_KEY.encode()])["rows"] == 4
+    assert gpt2_vault.sql("SELECT output_rows FROM distill_runs WHERE run_id = ?", [r.run_id])[1] == [(4,)]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_in_the_cli_names_the_partial_file_and_a_rerun_says_what_it_recorded(gpt2_vault, prompts_file,
                                                                                     tmp_path, cli, monkeypatch):
     from weightvault import distill_gen
@@ -316,6 +350,7 @@ def test_ctrl_c_in_the_cli_names_the_partial_file_and_a_rerun_says_what_it_recor
     _, got = gpt2_vault.sql("SELECT run_id, output_rows, complete FROM distill_runs WHERE NOT complete "
                             "AND run_id != ?", [run_id])
     assert len(got) == 1 and got[0][1:] == (0, False) and got[0][0] in r.err
+    assert gpt2_vault.sql("SELECT output_path FROM distill_runs WHERE run_id = ?", [got[0][0]])[1] == [(None,)]
     # with --json, an interrupted run still prints what was recorded: scripts need the run id
     monkeypatch.setattr(distill_gen, "causal_batch", stop_at_second_batch)
     r = cli("distill", "tiny-gpt2@1", "--prompts", prompts_file, "--out", tmp_path / "j.parquet",

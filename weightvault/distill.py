@@ -222,7 +222,8 @@ def library_versions() -> dict:
 
 
 def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, device: str = "auto",
-        dtype=None, progress=None, limit: int | None = None, teacher=None, rerun_of: str | None = None) -> DistillResult:
+        dtype=None, progress=None, limit: int | None = None, teacher=None, rerun_of: str | None = None,
+        keep_path: bool = True) -> DistillResult:
     """Distil ``ref`` on a prompt file into ``out`` (Parquet) and record the run.
 
     Args:
@@ -236,6 +237,8 @@ def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, de
         limit: only the first ``limit`` prompts (reruns of interrupted runs).
         teacher: an already loaded Teacher (skips loading).
         rerun_of: the run this one regenerates (recorded in the event).
+        keep_path: record where the file was written; False for a file the caller deletes (a
+            rerun without --out): the event's ``output.path`` is then null, the data in the store.
     Returns:
         DistillResult. On Ctrl-C raises DistillInterrupted after recording the finished rows
         (kept in ``OUT.partial.parquet``; OUT is not touched); a second Ctrl-C while recording
@@ -268,7 +271,7 @@ def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, de
     tmp, rows, tokens, seconds, complete = _generate_file(teacher, texts, settings, out, run_id, pset, progress)
     with _finish_before_interrupt(run_id) as ctrl_c:
         result = record(vault, teacher, pset, settings, out, run_id, rows, tokens, seconds, complete, rerun_of,
-                        written=tmp, total=len(texts))
+                        written=tmp, total=len(texts), keep_path=keep_path)
     if not complete or ctrl_c["hits"]:
         raise DistillInterrupted(result, during_recording=complete)
     return result
@@ -385,10 +388,11 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
             else:
                 cols = gen.encoder_batch(teacher, batch, settings)
             cols["row"] = list(range(start, start + len(batch)))
-            writer.write_table(pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema},
-                                        schema=schema))
-            rows += len(batch)
-            tokens += cols["n_tokens"]
+            table = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
+            with _interrupt_after():  # a batch in the file is a batch counted, and the reverse
+                writer.write_table(table)
+                rows += len(batch)
+                tokens += cols["n_tokens"]
             if progress is not None:
                 progress(len(batch), cols["n_tokens"])
     except KeyboardInterrupt:
@@ -405,6 +409,24 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
         tmp.unlink(missing_ok=True)
         raise
     return tmp, rows, tokens, time.perf_counter() - t0, complete
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold a Ctrl-C until the block is done, then raise it: the block's steps happen together or
+    not at all (in the main thread, under Python's own SIGINT handler; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    hit = []
+    signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -438,7 +460,8 @@ def _finish_before_interrupt(run_id: str):
 
 
 def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens, seconds, complete,
-           rerun_of: str | None = None, *, written=None, total: int | None = None) -> DistillResult:
+           rerun_of: str | None = None, *, written=None, total: int | None = None,
+           keep_path: bool = True) -> DistillResult:
     """Archive prompts + output as ``distill-runs@<run_id>``, write the ``distill_run`` event, then name the file.
 
     Args:
@@ -446,6 +469,7 @@ def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens,
         written: the file as generated (default: ``out``); renamed once the event is written,
             to ``out`` when complete, else to ``OUT.partial.parquet``.
         total: rows the run was to write.
+        keep_path: False records ``output.path`` as null (a file its caller deletes).
     Raises:
         DistillRecordingInterrupted: Ctrl-C stopped the recording before the event was written;
             the file is kept as ``OUT.unrecorded.parquet`` and the message names what exists.
@@ -472,7 +496,7 @@ def record(vault, teacher, pset: PromptSet, settings, out, run_id, rows, tokens,
             "settings": settings.to_dict(), "device": teacher.device, "dtype": teacher.dtype,
             "versions": library_versions(),
             "output": {"sha256": sha, "rows": rows, "tokens": tokens, "bytes": size,
-                       "path": str(final.absolute()), "complete": complete},
+                       "path": str(final.absolute()) if keep_path else None, "complete": complete},
             "data": {"ref": f"{data.model}@{data.version}", "manifest_id": data.manifest_id},
             "seconds": round(seconds, 3),
         }

@@ -97,7 +97,7 @@ def rerun(vault, run_id: str, *, out=None, device: str | None = None, dtype=None
     with tempfile.TemporaryDirectory(prefix="wv-rerun-") as tmp:
         target = Path(out) if out else Path(tmp) / "rerun.parquet"
         res = distill.run(vault, None, pset, target, settings, teacher=teacher, progress=progress,
-                          limit=p["output"]["rows"], rerun_of=run_id)
+                          limit=p["output"]["rows"], rerun_of=run_id, keep_path=out is not None)
         new = pq.read_table(str(target)).to_pylist()
     lp_dtype = np.float16 if settings.logprob_dtype == "float16" else np.float32
     if p["teacher"]["kind"] == "causal-lm":
