@@ -145,6 +145,14 @@ def test_stored_topk_of_distillation_runs_is_reused(gpt_store, tmp_path, cli):
     assert [r["text_a"] for r in b["per_prompt"]] == stored_a
     # the full-vocabulary figures are still computed from the models
     assert b["summary"]["kl_mean"] > 0 and b["summary"]["positions"] == sum(r["tokens"] for r in b["per_prompt"])
+    # B byte-identical to A (loaded once): the runs named are still A's and B's own
+    v.snapshot(gpt_store["orig"], "gpt")
+    run_c = distill.run(v, "gpt@3", gpt_store["prompts"], tmp_path / "c.parquet", settings, device="cpu")
+    d = cli("diff", "gpt@1", "gpt@3", "--prompts", gpt_store["prompts"], "--json", store=tmp_path / "store").json()
+    assert d["behaviour"]["identical_versions"] is True
+    assert (d["behaviour"]["stored_topk"]["run_a"], d["behaviour"]["stored_topk"]["run_b"]) == (
+        runs[0].run_id, run_c.run_id)
+    assert d["behaviour"]["settings"]["generations_from_runs"] == [runs[0].run_id, run_c.run_id]
 
 
 def test_position_blocks_do_not_change_the_figures(gpt_store, monkeypatch):

@@ -328,7 +328,8 @@ def diff_behaviour(vault, a, b, prompts, *, identical: bool = False, device: str
     if ta.kind == CAUSAL:
         from weightvault.diff_topk import find_run_pair, stored_topk_kl
 
-        pair = find_run_pair(vault, ta.manifest_id, tb.manifest_id, ps.hash, len(ps.prompts))
+        mb = vault.resolve(b).manifest_id if identical else tb.manifest_id  # B's own runs, not A's
+        pair = find_run_pair(vault, ta.manifest_id, mb, ps.hash, len(ps.prompts))
         texts = None
         if pair is not None:  # the runs' greedy completions: no need to generate again
             texts = ([r["text"] for r in pair.rows_a], [r["text"] for r in pair.rows_b])
