@@ -112,7 +112,8 @@ class GcReport:
         base_chunks: of those, chunks kept only as delta bases.
         removed_manifests, removed_chunks: objects deleted (or that would be).
         freed_bytes: their size on disk.
-        kept_young_manifests, kept_young_chunks: unreferenced but inside the grace period
+        kept_young_manifests, kept_young_chunks: unreferenced but inside the grace period (for
+            chunks: young, or in the delta base chain of a young chunk or manifest)
             (chunks also when a manifest inside the grace period names them).
         temp_files: stale temp files removed.
         grace_s: the grace period used.
@@ -205,14 +206,18 @@ def plan(store: Store, *, grace_s: float = DEFAULT_GRACE_S, now: float | None = 
     marked, bases, problems = mark_chunks(store, referenced)
     if problems:
         raise GcRefusedError(problems)
-    young_marked, _, _ = mark_chunks(store, young_refs - marked, strict=False)
+    chunks = list(store.list_chunks())
+    # A young chunk no manifest names yet (a snapshot running, or one stopped before its
+    # manifest) is kept, and so is its delta base chain: the snapshot run again reuses it.
+    young = {i.key.rsplit("/", 1)[-1] for i in chunks if now - i.mtime < grace_s}
+    young_marked, _, _ = mark_chunks(store, (young_refs | young) - marked, strict=False)
     report.live_chunks, report.base_chunks = len(marked), len(bases - referenced)
     dead_chunks = []
-    for info in store.list_chunks():
+    for info in chunks:
         cid = info.key.rsplit("/", 1)[-1]
         if cid in marked:
             continue
-        if cid in young_marked or now - info.mtime < grace_s:
+        if cid in young_marked:
             report.kept_young_chunks += 1
         else:
             dead_chunks.append(info)

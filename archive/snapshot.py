@@ -230,6 +230,7 @@ class ChunkWriter:
         self.stats = SnapshotStats()
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
+        self._sound: set[str] = set()  # stored chunks whose containers (and bases) were checked
 
     def _one(self, fd: int, seg: Segment, src: SourceFile) -> tuple[str, int, bytes]:
         # One private read (pread: a file truncated meanwhile gives a short read, where a mapping
@@ -248,10 +249,12 @@ class ChunkWriter:
             if first:
                 self._claimed.add(cid)
         if first and not mine and self.store.backend.cheap_reads:
-            # Reuse a stored chunk only if its container can hold these bytes: a truncated or
-            # garbled one is stored again from the bytes at hand, which heals every version
-            # using it (a flipped byte inside its data needs `verify`, which decodes).
-            problem = self.store.chunk_problem(cid, n)
+            # Reuse a stored chunk only if its container, and for a delta every chunk of its
+            # base chain, can give back these bytes: a truncated or garbled one, or a delta whose
+            # base is gone (repair quarantined it), is stored again in full from the bytes at
+            # hand, which heals every version using it (a flipped byte inside its data needs
+            # `verify`, which decodes).
+            problem = self.store.chunk_problem(cid, n, self._sound)
             if problem is not None:
                 enc = codecs.encode_chunk(view, cid, dtype=seg.dtype)
                 self.store.replace_chunk(cid, enc)

@@ -167,17 +167,32 @@ class Store:
         """Store a chunk once: False when another writer stored it first (its name is claimed atomically)."""
         return self.backend.put(self.chunk_key(chunk_id), enc.container, exclusive=True)
 
-    def chunk_problem(self, chunk_id: str, raw_len: int) -> str | None:
-        """Why the stored container of ``chunk_id`` cannot hold its ``raw_len`` raw bytes (missing,
-        header unreadable or naming another chunk, another raw length, truncated), or None. Reads
-        a few KiB: what ``verify --structure`` checks, not a decode."""
-        try:
-            h, size = self.chunk_header(chunk_id)
-        except IntegrityError as e:
-            return getattr(e, "reason", None) or str(e)
-        if h.raw_len != raw_len:
-            return f"container raw_len {h.raw_len} != {raw_len}"
-        return h.size_problem(size)
+    def chunk_problem(self, chunk_id: str, raw_len: int, sound: set | None = None) -> str | None:
+        """Why the stored container of ``chunk_id`` cannot give back its ``raw_len`` raw bytes
+        (missing, header unreadable or naming another chunk, another raw length, truncated; or,
+        for a delta, any of that in a chunk of its base chain), or None. Reads a few KiB per
+        chunk of the chain: what ``verify --structure`` checks, not a decode.
+
+        ``sound``: chunks already found sound (a base shared by many deltas is read once); the
+        chunks this call finds sound are added to it."""
+        sound = set() if sound is None else sound
+        chain, cid, want = [], chunk_id, raw_len
+        while cid not in sound:
+            try:
+                h, size = self.chunk_header(cid)
+            except IntegrityError as e:
+                problem = getattr(e, "reason", None) or str(e)
+                return problem if cid == chunk_id else f"its delta base {cid} is damaged: {problem}"
+            problem = (f"container raw_len {h.raw_len} != {want}" if want is not None and h.raw_len != want
+                       else h.size_problem(size))
+            if problem is not None:
+                return problem if cid == chunk_id else f"its delta base {cid} is damaged: {problem}"
+            chain.append(cid)
+            if not h.base or h.base in chain:
+                break  # a full chunk; a header naming a base already on the chain fails at decode
+            cid, want = h.base, None
+        sound.update(chain)
+        return None
 
     def replace_chunk(self, chunk_id: str, enc: codecs.EncodedChunk) -> None:
         """Store a chunk over a damaged copy (atomic rename). Only for a full encoding of the

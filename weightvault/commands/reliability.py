@@ -105,7 +105,7 @@ def cmd_gc(args):
         f"{verb} {human(rep.freed_bytes)}: {len(rep.removed_manifests)} manifests, {len(rep.removed_chunks)} chunks"
         f"{'' if rep.dry_run else f', {rep.temp_files} temp files'}; kept {rep.live_chunks} chunks of "
         f"{rep.live_versions} versions ({rep.base_chunks} only as delta bases), "
-        f"{rep.kept_young_chunks} unreferenced chunks younger than the grace period")
+        f"{rep.kept_young_chunks} unreferenced chunks kept for the grace period (young, or a young one's delta base)")
 
 
 def cmd_repair(args):
