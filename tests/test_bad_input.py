@@ -269,3 +269,29 @@ def test_links_to_folders_and_broken_links_are_named_not_left_out(vault, tmp_pat
     os.symlink(outside / "model.onnx", folder / "linked.onnx")
     assert cli("snapshot", folder, "--model", "m", "--exclude", "onnx", "--exclude", "tokenizer.json").rc == 0
     assert "linked.onnx" in {f.path for f in vault.manifest("m@2").files}
+
+
+@pytest.mark.parametrize("query", [
+    "COPY (SELECT 'x') TO '{ref}' (HEADER false)",           # over a ref: every command failed after it
+    "COPY (SELECT 'x') TO '{manifest}' (HEADER false)",      # over a manifest: the version was lost
+    "EXPORT DATABASE '{store}/exported'",
+    "ATTACH '{store}/new.duckdb' AS n",
+    "SELECT * FROM read_text('{ref}')",
+    "PRAGMA profiling_output = '{store}/profile.json'",
+    "SET enable_external_access = true",
+    "LOAD httpfs",
+])
+def test_sql_reads_the_catalog_and_writes_nothing_anywhere(query, vault, toy_model, store_dir, cli, tmp_path):
+    vault.snapshot(toy_model, "m")
+    ref = store_dir / "refs" / "m" / "1"
+    manifest = next(p for p in (store_dir / "manifests").rglob("*") if p.is_file())
+    before = store_snapshot_state(store_dir)
+    r = cli("sql", query.format(ref=ref, manifest=manifest, store=store_dir))
+    assert r.rc == 4 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert "reads the catalog only" in r.err, r
+    assert store_snapshot_state(store_dir) == before
+    assert not (store_dir / "exported").exists() and not (store_dir / "new.duckdb").exists()
+    assert not (store_dir / "profile.json").exists()
+    assert cli("restore", "m", tmp_path / "out").rc == 0 and cli("verify", "--structure").rc == 0
+    # views, macros and temp tables still work
+    assert cli("sql", "CREATE TEMP TABLE t AS SELECT model, version FROM versions; SELECT count(*) FROM t, ancestors('m', '1')").rc == 0

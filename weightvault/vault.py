@@ -314,17 +314,29 @@ class Vault:
         return rep
 
     def sql(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
-        """Run SQL on the catalog (read-only); returns (column names, rows)."""
+        """Run SQL on the catalog (read-only); returns (column names, rows).
+
+        The query reads the catalog and nothing else: the connection's file system access is
+        switched off and its settings locked first, so no query can write a file (``COPY TO``
+        over a ref or a manifest would damage the store), attach a database or load an
+        extension. For files, use the duckdb shell on ``weightvault catalog path``."""
         from weightvault.catalog.connection import duckdb_module
 
         with self.catalog.read() as con:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             try:
                 cur = con.execute(query, params or [])
             except duckdb_module().Error as e:
                 first = str(e).splitlines()[0]
-                hint = ("the catalog is a read-only index of the store: record changes with weightvault's "
-                        "commands (dataset add, link, tag, eval, rm), or query a copy made with "
-                        "`weightvault catalog export`") if "read-only" in first else None
+                hint = None
+                if "read-only" in first:
+                    hint = ("the catalog is a read-only index of the store: record changes with weightvault's "
+                            "commands (dataset add, link, tag, eval, rm), or query a copy made with "
+                            "`weightvault catalog export`")
+                elif "disabled" in first or "configuration has been locked" in first:
+                    hint = ("`weightvault sql` reads the catalog only (no files, settings or extensions); for "
+                            "those, open it in the duckdb shell: duckdb -readonly \"$(weightvault catalog path)\"")
                 raise QueryError(f"SQL error: {first}", hint=hint) from None
             if cur.description is None:
                 return [], []

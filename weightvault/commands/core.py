@@ -63,7 +63,10 @@ def register(sub, common):
     p.set_defaults(func=cmd_restore)
 
     p = add_command(sub, "sql", help="run SQL on the catalog (read-only)",
-                    example='weightvault sql "SELECT model, version, added_stored_bytes FROM version_storage"')
+                    example='weightvault sql "SELECT model, version, added_stored_bytes FROM version_storage"',
+                    description="run SQL on the catalog (read-only). The query reads the catalog and nothing "
+                                "else: no files, ATTACH, settings or extensions (for those, open the catalog in "
+                                "the duckdb shell: duckdb -readonly \"$(weightvault catalog path)\").")
     p.add_argument("query", nargs="?", help="the SQL")
     p.add_argument("-f", "--file", dest="sql_file", help="read the SQL from a file")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
