@@ -60,6 +60,10 @@ class Backend(ABC):
     # snapshot then checks a chunk it is about to reuse (Store.chunk_problem).
     cheap_reads = False
 
+    def revalidate(self) -> None:
+        """A writer has just taken the store lock: forget any cached view of what exists that may
+        be older than the lock (another machine's gc may have run since). No cache here."""
+
     @abstractmethod
     def put(self, key: str, data, *, exclusive: bool = False) -> bool:
         """Store ``data`` under ``key`` atomically.

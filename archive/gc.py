@@ -250,16 +250,21 @@ def collect(store: Store, *, dry_run: bool = False, grace_s: float = DEFAULT_GRA
         if progress is not None and hasattr(progress, "start"):
             progress.start(len(dead_manifests) + len(dead_chunks))
         # Manifests before chunks: no manifest left in the store ever names a deleted chunk.
+        # Before each delete: the lease still held (object storage; a paused gc whose lease ran
+        # out may now run beside a snapshot that reuses these chunks).
         for info in dead_manifests:
+            store.lock.check()
             store.backend.delete(info.key)
             if progress:
                 progress(1)
         for info in dead_chunks:
+            store.lock.check()
             store.backend.delete(info.key)
             if progress:
                 progress(1)
         sweep = getattr(store.backend, "sweep_temp", None)
         if sweep is not None:
+            store.lock.check()  # packed backends delete here (index rewrites, repacks)
             report.temp_files = sweep(older_than_s=grace_s)
     return report
 

@@ -17,6 +17,12 @@ A holder renews its lease every ``ttl/3`` seconds from a daemon thread, so a
 long snapshot keeps it; a crashed holder's lease runs out after ``ttl``
 seconds and waiters then remove it as stale. Waiters name the holders (op,
 host, pid, age) when they give up.
+
+A holder that was paused past its lease (suspend, SIGSTOP, a VM freeze) may
+have been treated as stale and its lock taken by another machine meanwhile:
+its renewer then stops renewing (it never re-creates a lease that ran out or
+was removed), and :meth:`LeaseLock.check`, which writers call before they
+commit a version or delete an object, raises LeaseLostError.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from weightvault.archive.backend import Backend
 from weightvault.archive.locking import Lock, hostname
 
-from weightvault.errors import LockBusyError
+from weightvault.errors import LeaseLostError, LockBusyError
 
 DEFAULT_TTL = float(os.environ.get("WEIGHTVAULT_LEASE_TTL", "60"))
 EXCLUSIVE_KEY = "locks/exclusive"
@@ -54,6 +60,7 @@ class LeaseLock(Lock):
         self._renewer: threading.Thread | None = None
         self._guard = threading.Lock()
         self._acquiring = threading.Lock()
+        self._lost = False  # the renewer found the lease expired or gone: see check()
 
     # -- records ---------------------------------------------------------------
 
@@ -116,7 +123,23 @@ class LeaseLock(Lock):
             key = self._acquire_shared(rec, deadline) if shared else self._acquire_exclusive(rec, deadline)
             with self._guard:
                 self._key, self._shared, self._depth, self._body = key, shared, 1, rec
+                self._lost = False
             self._start_renewer()
+
+    def check(self) -> None:
+        with self._guard:
+            if not self._depth:
+                return
+            late = time.time() - self._body.get("expires", float("inf"))
+            if self._lost or late > 0:
+                raise LeaseLostError(self.what, self._body.get("op", ""), max(late, 0.0))
+
+    def _still_mine(self) -> bool:
+        """The lease has not run out and its object is still ours (not removed as stale)."""
+        if time.time() > self._body.get("expires", 0):
+            return False
+        rec = self._read(self._key)
+        return rec is not None and rec.get("token") == self._body.get("token")
 
     def _wait(self, deadline: float, delay: float, holders) -> float:
         if time.monotonic() >= deadline:
@@ -159,8 +182,9 @@ class LeaseLock(Lock):
             raise
 
     def _renew_now(self, key: str, rec: dict) -> None:
-        rec["expires"] = time.time() + self.ttl
-        self.backend.put(key, json.dumps(rec).encode())
+        new = dict(rec, expires=time.time() + self.ttl)
+        self.backend.put(key, json.dumps(new).encode())
+        rec["expires"] = new["expires"]  # only once the store has it: check() trusts this time
 
     def _start_renewer(self) -> None:
         self._stop.clear()
@@ -168,6 +192,9 @@ class LeaseLock(Lock):
         def loop():
             while not self._stop.wait(self.ttl / 3):
                 try:
+                    if not self._still_mine():  # ran out or removed: others may hold the lock now
+                        self._lost = True
+                        return
                     self._renew_now(self._key, self._body)
                 except Exception:  # a missed renewal is retried next period; the lease has 2/3 ttl left
                     pass

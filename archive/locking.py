@@ -55,6 +55,11 @@ class Lock:
     def release(self) -> None:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise LeaseLostError if the lock this process holds may have been taken from it (a
+        lease that ran out). Writers call it before they commit or delete. A flock cannot be
+        lost while its file descriptor is open: nothing to check."""
+
     @contextmanager
     def held(self, *, shared: bool, timeout: float | None = None, op: str = ""):
         self.acquire(shared=shared, timeout=timeout, op=op)

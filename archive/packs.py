@@ -133,6 +133,7 @@ class PackedBackend(Backend):
         self._index: dict[str, PackEntry] = {}
         self._packs: dict[str, dict[str, tuple[int, int]]] = {}  # pack id -> its entries
         self._pack_mtime: dict[str, float] = {}  # pack id -> when its index was written
+        self._known_at: dict[str, float] = {}  # pack id -> when this process installed it (monotonic)
         self._dirty: set[str] = set()  # packs whose index lost chunks to delete(), not yet rewritten
         atexit.register(_flush_at_exit, weakref.ref(self))
         self._loaded: dict[str, tuple[int, float]] = {}  # index key -> (size, mtime) as listed
@@ -155,12 +156,15 @@ class PackedBackend(Backend):
 
     def refresh(self) -> int:
         """Load pack indexes written since the last refresh (by any machine); returns how many."""
+        started = time.monotonic()
         listed = {i.key: i for i in self.inner.list(INDEX_PREFIX)}
         n = 0
         with self._lock:
-            for key in [k for k in self._loaded if k not in listed]:  # dropped by GC elsewhere
-                self._forget(_chunk_id(key))
-                del self._loaded[key]
+            # Dropped by gc elsewhere: every pack known here whose index is gone, including the
+            # packs this process uploaded itself (but not one installed after the listing began).
+            for pid in [p for p in self._packs if index_key(p) not in listed and self._known_at.get(p, 0) < started]:
+                self._forget(pid)
+                self._loaded.pop(index_key(pid), None)
             for key, info in listed.items():
                 if self._loaded.get(key) == (info.size, info.mtime):
                     continue
@@ -171,6 +175,14 @@ class PackedBackend(Backend):
                 n += 1
             self._refreshed_at = time.monotonic()
         return n
+
+    def revalidate(self) -> None:
+        """Reload the indexes before a write (called with the store lock just taken). A process
+        that lives across locks (one ``snapshot A B C`` takes the lock per version; a Python
+        ``Vault`` kept open) must not trust an index loaded before another machine's gc ran:
+        has() would answer yes for a chunk that gc deleted, and the version would name it."""
+        if self._refreshed_at:
+            self.refresh()
 
     def _read_index(self, key: str, info: ObjectInfo):
         cached = self.cache / _chunk_id(key) if self.cache else None
@@ -193,11 +205,13 @@ class PackedBackend(Backend):
     def _install(self, pid: str, entries: dict, mtime: float) -> None:
         self._packs[pid] = dict(entries)
         self._pack_mtime[pid] = mtime
+        self._known_at[pid] = time.monotonic()
         for cid, (off, n) in entries.items():
             self._index[cid] = PackEntry(pid, off, n, mtime)
 
     def _forget(self, pid: str) -> None:
         self._pack_mtime.pop(pid, None)
+        self._known_at.pop(pid, None)
         for cid in self._packs.pop(pid, {}):
             e = self._index.get(cid)
             if e is not None and e.pack_id == pid:

@@ -401,6 +401,7 @@ def snapshot(
         if store.get_ref(model, version) is not None:
             raise AlreadyExistsError(f"{model}@{version} already exists",
                                      hint="pick another --version, or omit it for the next number")
+    store.backend.revalidate()  # the caller holds the store lock: what the store has is settled now
     for tag in tags:  # as `weightvault tag` checks them: a tag must be addressable as NAME@TAG
         ids.check_version_name(tag)
         if tag == version or store.get_ref(model, tag) is not None:
@@ -443,6 +444,7 @@ def snapshot(
     meta.update(getattr(encode, "manifest_metadata", dict)())  # the engine's derivations
     auto = version is None
     version = version or next_version(store, model)
+    store.lock.check()  # a lease that ran out (object storage): gc may have swept what this reused
     while True:
         manifest = Manifest(
             model=model, version=version, created_at=now_iso(), files=tuple(entries), parent=parent_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 from conftest import toy_tensors, tree_files, write_model
@@ -355,6 +356,7 @@ def test_chunk_stored_twice_by_concurrent_writers_is_freed_once_by_gc(s3_store_u
     Store.init(s3_store_url)
     a, b = Store.open(s3_store_url), Store.open(s3_store_url)  # two machines, neither sees the other's packs yet
     a.backend.refresh(), b.backend.refresh()
+    b.backend.revalidate = lambda: None  # both run at once: b took its lock before a's pack existed
     # b's open pack already holds an unrelated chunk, so its pack can never be byte-identical to a's
     # (identical packs share one content-named key, and the chunks would not be stored twice).
     other = b"a chunk b wrote earlier"
@@ -415,3 +417,56 @@ def test_second_command_reads_refs_and_manifests_from_the_local_copy(s3_store_ur
     assert [r.version for r in refs] == ["1"] and m.model == "toy"
     # one LIST; the ref (validated by the listing) and the manifest come from local copies
     assert raw.requests["GET"] == before["GET"] and raw.requests["LIST"] == before["LIST"] + 1
+
+
+def test_a_process_that_outlives_a_gc_elsewhere_does_not_reuse_what_it_deleted(s3_store_url, toy_model, tmp_path,
+                                                                               cli):
+    """One `snapshot A B C` (the lock is taken per version) or a Vault kept open: another machine's
+    gc between two versions deleted chunks this process's pack index still listed. The next version
+    must store them again, not name deleted chunks."""
+    Store.init(s3_store_url)
+    here = Vault(Store.open(s3_store_url))
+    here.snapshot(toy_model, "old")
+    assert cli("rm", "old@1", store=s3_store_url).rc == 0
+    rep = cli("gc", "--grace", "0", "--json", store=s3_store_url).json()  # another process, its own index
+    assert rep["removed_chunks"] > 0
+    res = here.snapshot(toy_model, "again")  # the same bytes, from the process that stored them first
+    assert res.stats.new_chunks == rep["removed_chunks"], res.stats
+    fresh = Vault.open(s3_store_url)
+    assert fresh.verify().ok
+    fresh.restore("again@1", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(toy_model)
+
+
+def test_a_writer_whose_lease_ran_out_commits_and_deletes_nothing(s3_store_url, toy_model, tmp_path):
+    """A holder paused past its lease (suspend, SIGSTOP) may have been declared stale and the store
+    lock taken by another machine's gc: it must not commit a version, nor re-create its lease."""
+    from weightvault.archive.snapshot import snapshot
+    from weightvault.errors import LeaseLostError
+
+    store = Store.init(s3_store_url)
+    paused = LeaseLock(store.lock.backend, f"store {s3_store_url}", ttl=0.9)
+    store.lock = paused
+    paused.acquire(shared=True, op="snapshot toy")
+    key = paused._key
+    paused.check()  # held: fine
+    paused._stop.set()  # paused: no renewals
+    paused._renewer.join()
+    other = LeaseLock(store.lock.backend, "store (gc elsewhere)", ttl=30)
+    with other.held(shared=False, timeout=10, op="gc"):  # ours ran out: it is removed as stale
+        assert not store.lock.backend.has(key)
+    with pytest.raises(LeaseLostError, match="lost its lease"):
+        snapshot(store, toy_model, "toy")
+    assert store.get_ref("toy", "1") is None and not list(store.list_refs())
+    # the process resumes: its renewer finds the lease gone and never re-creates it
+    paused._start_renewer()
+    deadline = time.monotonic() + 10
+    while not paused._lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert paused._lost and not store.lock.backend.has(key)
+    paused.release()
+    # a lease that is renewed in time is never lost
+    live = LeaseLock(store.lock.backend, "store", ttl=0.9)
+    with live.held(shared=True, op="snapshot"):
+        time.sleep(1.5)
+        live.check()

@@ -261,6 +261,21 @@ class LockBusyError(WeightvaultError):
         self.holder = holder
 
 
+class LeaseLostError(WeightvaultError):
+    """A writer on object storage stopped renewing its lease for longer than its TTL (the process
+    was paused: suspend, SIGSTOP, a VM freeze), so another machine may have taken the store lock
+    meanwhile: it stops before it commits or deletes anything more."""
+
+    exit_code = 7
+
+    def __init__(self, what: str, op: str, late_s: float, **kw):
+        kw.setdefault("hint", "nothing more was written; rerun the command (what it already stored is reused "
+                              "or collected by gc)")
+        super().__init__(f"{op or 'this command'} lost its lease on {what}: it expired {late_s:.0f}s ago "
+                         f"(was this process paused?)", **kw)
+        self.what, self.op, self.late_s = what, op, late_s
+
+
 class StoreReadOnlyError(WeightvaultError):
     """A command that changes the store, on a read-only file system (reads work there)."""
 
