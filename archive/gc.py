@@ -97,6 +97,7 @@ def remove_version(store: Store, model: str, version: str, *, reason: str = "",
         except IntegrityError:
             pass  # a damaged version can still be removed (gc and verify advise it)
         eid = store.put_event("removed", payload)
+        store.mark_removed(model, version, eid)  # before the ref goes: see snapshot.next_version
         store.delete_ref(model, version)
     return RemovedVersion(model, version, ref.manifest_id, eid)
 
@@ -113,8 +114,7 @@ class GcReport:
         removed_manifests, removed_chunks: objects deleted (or that would be).
         freed_bytes: their size on disk.
         kept_young_manifests, kept_young_chunks: unreferenced but inside the grace period (for
-            chunks: young, or in the delta base chain of a young chunk or manifest)
-            (chunks also when a manifest inside the grace period names them).
+            chunks: young, or in the delta base chain of a young chunk or of a young manifest's).
         temp_files: stale temp files removed.
         grace_s: the grace period used.
     """

@@ -342,8 +342,12 @@ def _changed(src: SourceFile) -> InvalidInputError:
 
 
 def next_version(store: Store, model: str) -> str:
-    nums = [int(r.version) for r in store.list_refs(model) if r.version.isdigit()]
-    return str(max(nums, default=0) + 1)
+    """One more than the highest numeric label the model has had: live, or removed with ``rm``
+    (a label is never given to other weights). Refs are listed before the removal markers, and
+    ``rm`` writes its marker before it deletes the ref, so a concurrent rm is seen either way."""
+    labels = [r.version for r in store.list_refs(model)]
+    labels += store.removed_labels(model)
+    return str(max((int(v) for v in labels if v.isdigit()), default=0) + 1)
 
 
 def latest_ref(store: Store, model: str):
@@ -401,6 +405,10 @@ def snapshot(
         if store.get_ref(model, version) is not None:
             raise AlreadyExistsError(f"{model}@{version} already exists",
                                      hint="pick another --version, or omit it for the next number")
+        if store.was_removed(model, version):
+            raise AlreadyExistsError(f"{model}@{version} was removed with `weightvault rm`, and a version label is "
+                                     f"never given to other weights", hint="pick another --version, or omit it "
+                                     "for the next number")
     store.backend.revalidate()  # the caller holds the store lock: what the store has is settled now
     for tag in tags:  # as `weightvault tag` checks them: a tag must be addressable as NAME@TAG
         ids.check_version_name(tag)
@@ -457,7 +465,7 @@ def snapshot(
         if not auto:
             raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
                                      hint="pick another --version")
-        version = str(int(version) + 1)  # a concurrent snapshot took the number
+        version = next_version(store, model)  # a concurrent snapshot took the number
 
 
 def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None = None):

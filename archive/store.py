@@ -76,6 +76,10 @@ def _ref_key(model: str, version: str) -> str:
     return f"refs/{model.replace('/', '~')}/{version}"
 
 
+def _removed_key(model: str, version: str) -> str:
+    return f"removed/{model.replace('/', '~')}/{version}"
+
+
 def fanout(prefix: str, object_id: str) -> str:
     return f"{prefix}/{object_id[:2]}/{object_id}"
 
@@ -277,6 +281,20 @@ class Store:
             return RefRecord(d["model"], d["version"], ids.check_id(d["manifest"]), d["created_at"])
         except (ValueError, KeyError, TypeError, InvalidNameError) as e:
             raise StoreFormatError(f"ref {key} is unreadable ({e})", hint="run `weightvault verify`") from None
+
+    def mark_removed(self, model: str, version: str, event_id: str) -> None:
+        """Record that ``model@version`` was removed (``rm``), before its ref goes: the label is
+        never given to other weights (``removed/<model>/<version>``, naming the removal event)."""
+        body = json.dumps({"model": model, "version": version, "event": event_id, "at": now_iso()})
+        self.backend.put(_removed_key(model, version), body.encode())
+
+    def was_removed(self, model: str, version: str) -> bool:
+        return self.backend.has(_removed_key(model, version))
+
+    def removed_labels(self, model: str) -> set[str]:
+        """Version labels of ``model`` that ``rm`` removed (from this release on)."""
+        prefix = f"removed/{model.replace('/', '~')}/"
+        return {i.key[len(prefix):] for i in self.backend.list(prefix)}
 
     def list_refs(self, model: str | None = None) -> list[RefRecord]:
         prefix = f"refs/{model.replace('/', '~')}/" if model else "refs/"

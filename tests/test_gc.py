@@ -255,3 +255,23 @@ def test_gc_keeps_the_delta_bases_of_a_stopped_snapshots_young_chunks(tmp_path, 
     assert cli("verify", "--read-data").rc == 0 and cli("gc", "--grace", "0").rc == 0
     assert cli("restore", "m", tmp_path / "out").rc == 0
     assert tree_files(tmp_path / "out") == tree_files(b)
+
+
+def test_a_removed_version_label_is_never_given_to_other_weights(two_versions, vault, cli, tmp_path):
+    """`rm m@2` then a snapshot used to be numbered m@2 again, with other weights, while the removal
+    history still said m@2 was removed: papers and eval sheets citing m@2 would restore other bytes."""
+    a, b, ra, rb = two_versions
+    assert cli("rm", "m@2", "--reason", "bad").rc == 0
+    r = cli("snapshot", a, "--model", "m", "--json")
+    assert r.rc == 0 and r.json()["version"] == "3", r
+    r = cli("snapshot", a, "--model", "m", "--version", "2")
+    assert r.rc == 4 and "m@2 was removed" in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert sorted(x["version"] for x in cli("log", "m", "--json").json()) == ["1", "3"]
+    # a named label too, and the marker names the removal event (the store is the truth)
+    assert cli("snapshot", b, "--model", "m", "--version", "rc1").rc == 0
+    assert cli("rm", "m@rc1").rc == 0
+    assert "m@rc1 was removed" in cli("snapshot", b, "--model", "m", "--version", "rc1").err
+    assert vault.store.removed_labels("m") == {"2", "rc1"}
+    assert cli("catalog", "rebuild").rc == 0
+    rows = cli("sql", "SELECT version FROM version_removals ORDER BY 1", "--json").json()
+    assert rows == [{"version": "2"}, {"version": "rc1"}]

@@ -7,7 +7,10 @@ from weightvault.cli import add_command, open_vault
 
 def register(sub, common):
     p = add_command(sub, "rm", help="remove a version's name (its bytes go at the next gc; history is kept)",
-                    example="weightvault rm minilm@3 --reason 'bad run' && weightvault gc", parents=[common])
+                    example="weightvault rm minilm@3 --reason 'bad run' && weightvault gc", parents=[common],
+                    description="remove a version's name (its bytes go at the next gc; history is kept). "
+                                "The label is never given to other weights: the next snapshot takes the next "
+                                "number, and --version with a removed label is refused.")
     p.add_argument("ref", help="NAME@V")
     p.add_argument("--reason", default="", help="why (kept in the removal record)")
     p.set_defaults(func=cmd_rm)
