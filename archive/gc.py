@@ -86,20 +86,28 @@ def remove_version(store: Store, model: str, version: str, *, reason: str = "",
         What was removed; its chunks stay until ``collect`` runs.
     """
     with store.lock.held(shared=True, timeout=lock_timeout, op=f"rm {model}@{version}"):
-        ref = store.get_ref(model, version)
-        if ref is None:
-            raise VersionNotFoundError(model, version)
-        payload = {"model": model, "version": version, "manifest": ref.manifest_id,
-                   "created_at": ref.created_at, "reason": reason}
+        try:
+            ref = store.get_ref(model, version)
+        except StoreFormatError as e:  # its ref is unreadable: verify advises removing it
+            ref, unreadable = None, e.message
+        else:
+            unreadable = None
+            if ref is None:
+                raise VersionNotFoundError(model, version)
+        payload = {"model": model, "version": version, "manifest": ref.manifest_id if ref else None,
+                   "created_at": ref.created_at if ref else None, "reason": reason}
+        if unreadable:
+            payload["unreadable_ref"] = unreadable
         try:  # its edges, so the lineage of what derives from it still reaches past it
-            m = store.get_manifest(ref.manifest_id)
-            payload.update(parent=m.parent, lineage=list(m.lineage))
+            if ref is not None:
+                m = store.get_manifest(ref.manifest_id)
+                payload.update(parent=m.parent, lineage=list(m.lineage))
         except IntegrityError:
             pass  # a damaged version can still be removed (gc and verify advise it)
         eid = store.put_event("removed", payload)
         store.mark_removed(model, version, eid)  # before the ref goes: see snapshot.next_version
         store.delete_ref(model, version)
-    return RemovedVersion(model, version, ref.manifest_id, eid)
+    return RemovedVersion(model, version, ref.manifest_id if ref else None, eid)
 
 
 @dataclass
@@ -136,7 +144,7 @@ def _live_manifests(store: Store) -> dict[str, object]:
     """Manifest id -> Manifest for every ref; refuses on anything unreadable."""
     problems, out = [], {}
     try:
-        refs = store.list_refs()
+        refs = store.list_refs(strict=True)  # a ref gc cannot read could name any chunk: refuse
     except StoreFormatError as e:
         raise GcRefusedError([str(e)]) from None
     for r in refs:

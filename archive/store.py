@@ -14,6 +14,7 @@ Layout (docs/design.md is the spec)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -74,6 +75,10 @@ class RefRecord:
 def _ref_key(model: str, version: str) -> str:
     # '~' cannot occur in a model name, so org/name flattens reversibly.
     return f"refs/{model.replace('/', '~')}/{version}"
+
+
+log = logging.getLogger("weightvault")
+_WARNED_REFS: set[str] = set()  # unreadable refs warned about in this process
 
 
 def _removed_key(model: str, version: str) -> str:
@@ -296,11 +301,31 @@ class Store:
         prefix = f"removed/{model.replace('/', '~')}/"
         return {i.key[len(prefix):] for i in self.backend.list(prefix)}
 
-    def list_refs(self, model: str | None = None) -> list[RefRecord]:
+    def scan_refs(self, model: str | None = None) -> tuple[list[RefRecord], list[tuple[str, str]]]:
+        """Every readable ref (of ``model``, or all), and ``[(model@version, why)]`` for the refs
+        whose content cannot be read (a disk fault, a stray write)."""
         prefix = f"refs/{model.replace('/', '~')}/" if model else "refs/"
-        out = []
+        out, bad = [], []
         for info in self.backend.list(prefix):
-            out.append(self._parse_ref(self.backend.get(info.key), info.key))
+            try:
+                out.append(self._parse_ref(self.backend.get(info.key), info.key))
+            except (StoreFormatError, FileNotFoundError) as e:
+                if isinstance(e, FileNotFoundError):
+                    continue  # removed while listing
+                name, _, version = info.key[len("refs/"):].rpartition("/")
+                bad.append((f"{name.replace('~', '/')}@{version}", e.message))
+        return out, bad
+
+    def list_refs(self, model: str | None = None, *, strict: bool = False) -> list[RefRecord]:
+        """Every readable ref. An unreadable one is skipped with a warning (the other versions stay
+        usable; `verify` lists it, `rm` removes it), or, with ``strict`` (gc), refused."""
+        out, bad = self.scan_refs(model)
+        for ver, why in bad:
+            if strict:
+                raise StoreFormatError(why, hint=f"run `weightvault verify`; `weightvault rm {ver}` removes it")
+            if ver not in _WARNED_REFS:
+                _WARNED_REFS.add(ver)
+                log.warning("%s (skipped; `weightvault rm %s` removes it)", why, ver)
         return out
 
     # -- events --------------------------------------------------------------

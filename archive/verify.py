@@ -74,8 +74,9 @@ def load_versions(store: Store) -> tuple[dict[str, Manifest], list[tuple[str, st
     Returns:
         (manifest id -> manifest, [(model@version, reason)]).
     """
-    manifests, broken = {}, []
-    for r in store.list_refs():
+    manifests = {}
+    refs, broken = store.scan_refs()  # an unreadable ref is a broken version, not a stop
+    for r in refs:
         try:
             manifests[r.manifest_id] = store.get_manifest(r.manifest_id)
         except IntegrityError as e:

@@ -68,8 +68,16 @@ def cmd_rm(args):
 
     from weightvault.errors import UsageError
 
+    from weightvault.archive import ids
+    from weightvault.errors import StoreFormatError
+
     v = open_vault(args, create=False)
-    r = v.resolve(args.ref)
+    try:
+        r = v.resolve(args.ref)
+    except StoreFormatError:  # its ref is unreadable (verify lists it): removable by its exact name
+        r = ids.parse_ref(args.ref)
+        if r.version is None:
+            raise
     if args.ref.partition("@")[2] in ("", "latest"):  # never remove "the latest" by accident
         raise UsageError(f"{args.ref!r} names no version", hint=f"name one: weightvault rm {r.model}@{r.version}")
     res = remove_version(v.store, r.model, r.version, reason=args.reason, lock_timeout=args.lock_timeout)
