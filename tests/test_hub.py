@@ -216,3 +216,39 @@ def test_external_base_resolves_to_an_archived_hub_snapshot(hf_cache, cli, vault
     assert rows == [(1, "finetune", "org/tiny", None), (2, "finetune", None, "hf:org/grandparent")]
     _, rows = vault.sql("SELECT depth, ancestor_model, ancestor_ref FROM ancestors('ft2', '1')")
     assert rows == [(1, None, "hf:org/other")]
+
+
+def test_base_model_branch_or_tag_is_pinned_to_the_cached_commit(hf_cache, cli, vault, tmp_path):
+    model, repo_dir = hf_cache
+    (repo_dir / "refs" / "v1.0").write_text(COMMIT)
+    assert cli("snapshot", "hf:org/tiny@main").rc == 0
+    for name, rev in (("ft", "main"), ("ft-tag", "v1.0")):
+        write_model(tmp_path / name, toy_tensors(seed=8))
+        r = cli("snapshot", tmp_path / name, "--model", name, "--base-model", f"hf:org/tiny@{rev}")
+        assert r.rc == 0 and "warning" not in r.err, r
+        lineage = cli("show", f"{name}@1", "--json").json()["lineage"]
+        assert lineage == [{"relation": "finetune", "base_ref": f"hf:org/tiny@{COMMIT}"}]
+        _, rows = vault.sql("SELECT depth, ancestor_model, ancestor_version, ancestor_ref FROM ancestors(?, '1')",
+                            [name])
+        assert rows == [(1, "org/tiny", "1", None), (2, None, None, "hf:org/grandparent")]
+    # recorded after the snapshot too (lineage --add-base)
+    write_model(tmp_path / "late", toy_tensors(seed=9))
+    assert cli("snapshot", tmp_path / "late", "--model", "late").rc == 0
+    assert cli("lineage", "late@1", "--add-base", "hf:org/tiny@main", "--relation", "finetune").rc == 0
+    _, rows = vault.sql("SELECT ancestor_model FROM ancestors('late', '1') WHERE depth = 1")
+    assert rows == [("org/tiny",)]
+
+
+def test_base_model_branch_not_in_the_cache_is_kept_with_a_warning(hf_cache, cli, vault, tmp_path):
+    write_model(tmp_path / "ft", toy_tensors(seed=8))
+    r = cli("snapshot", tmp_path / "ft", "--model", "ft", "--base-model", "hf:org/tiny@dev")
+    assert r.rc == 0, r
+    warnings = [ln for ln in r.err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "hf:org/tiny@dev" in warnings[0] and "commit" in warnings[0], r.err
+    assert cli("show", "ft@1", "--json").json()["lineage"] == [{"relation": "finetune", "base_ref": "hf:org/tiny@dev"}]
+    # a bare repo and a full commit are recorded as typed, silently
+    for i, base in enumerate(("hf:org/other", f"hf:org/other@{COMMIT}")):
+        write_model(tmp_path / f"b{i}", toy_tensors(seed=20 + i))
+        r = cli("snapshot", tmp_path / f"b{i}", "--model", f"b{i}", "--base-model", base)
+        assert r.rc == 0 and "warning" not in r.err, r
+        assert cli("show", f"b{i}@1", "--json").json()["lineage"][0]["base_ref"] == base
