@@ -132,10 +132,18 @@ class Catalog:
 
     @contextmanager
     def write(self, *, op: str = "catalog write"):
-        """An exclusive read-write connection, migrated and synced; checkpointed on exit."""
+        """An exclusive read-write connection, migrated; checkpointed on exit. The caller syncs it
+        (``indexer.sync``): a catalog that needed migrations arrives empty (:func:`indexer.reset`)."""
         with self.lock.held(shared=False, timeout=self.lock_timeout, op=op):
             con, todo = self._open_rw()
             try:
+                if todo and migrations.applied(con):
+                    # Written by a release that lacked these migrations: its rows predate their
+                    # tables and indexers (its events all count as indexed), so the catalog is
+                    # indexed afresh from the store, as `catalog rebuild` would. Emptied first: a
+                    # crash part-way leaves an empty catalog, which the next command fills.
+                    log.info("catalog %s: applying %d migrations; indexing the store afresh", self.path, len(todo))
+                    indexer.reset(con)
                 migrations.migrate(con, todo)
                 yield con
                 faults.point("catalog.checkpoint")
@@ -185,15 +193,24 @@ class Catalog:
         return None
 
     @contextmanager
-    def read(self):
+    def read(self, *, sandboxed: bool = False):
         """A shared, read-only connection to a catalog in step with the store.
 
         The connection that checked the catalog is current answers the query:
         a read of a current catalog connects once and never writes.
+
+        ``sandboxed`` (users' SQL): the catalog is attached read-only into a private in-memory
+        database whose file access is off and whose settings are locked, so a query reads the
+        catalog and nothing else (``COPY ... TO`` over a ref or manifest would damage the store).
+        The settings are the private database's own: another connection to the catalog in this
+        process keeps its file access.
         """
         with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
             con = self._current_connection()
             if con is not None:
+                if sandboxed:
+                    con.close()
+                    con = self._sandboxed()
                 try:
                     yield con
                 finally:
@@ -205,11 +222,35 @@ class Catalog:
             self._private_copy()
             self.sync()
         with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
-            con = self._connect(read_only=True)
+            con = self._sandboxed() if sandboxed else self._connect(read_only=True)
             try:
                 yield con
             finally:
                 con.close()
+
+    def _sandboxed(self):
+        duckdb = duckdb_module()
+        deadline = time.monotonic() + (self.lock_timeout if self.lock_timeout is not None else 60)
+        delay = 0.01
+        while True:
+            con = duckdb.connect(":memory:")
+            try:
+                con.execute(f"ATTACH '{str(self.path).replace(chr(39), chr(39) * 2)}' AS catalog (READ_ONLY)")
+                con.execute("USE catalog")
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+                return con
+            except duckdb.IOException as e:
+                con.close()
+                if "lock" not in str(e).lower():  # another program holds the file: wait, then name it
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockBusyError(f"catalog {self.path}", str(e).split("\n")[0]) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except BaseException:
+                con.close()
+                raise
 
     def rebuild(self) -> tuple[int, int, int]:
         """Recreate the catalog from the store alone (exclusive store lock)."""

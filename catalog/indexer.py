@@ -11,6 +11,12 @@ Extension points, for modules that add tables:
 - ``VERSION_TABLES``: tables with a ``version_id`` column, cleared when a version goes.
 - ``EVENT_INDEXERS``: event type -> fn(con, event_id, event), run for each new event.
 - ``SYNC_HOOKS``: fn(con, store), run at the end of each sync's transaction.
+
+One rule for both paths, so that a live catalog equals ``catalog rebuild``: rows that belong to a
+version exist only while a ref names it (``drop_version`` deletes them; event indexers skip a
+version that is not indexed), ``models`` holds the models with a live version (created_at: their
+earliest), and ``chunks`` the chunks live versions use, a chunk the store lacks (quarantined by
+``repair``, lost) indexed from what the manifest says with ``codec`` = :data:`MISSING`.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from weightvault.errors import IntegrityError
 
 log = logging.getLogger("weightvault")
 
+MISSING = "missing"  # chunks.codec of a chunk not in the store (or whose container header cannot be read)
+
 VERSION_INDEXERS: list = []
 VERSION_TABLES: list[str] = ["file_chunks", "tensors", "files", "version_tags"]
 EVENT_INDEXERS: dict = {}
-# fn(con, store), run at the end of every sync (backfill rows for versions indexed before a migration).
+# fn(con, store), run at the end of every sync's transaction.
 SYNC_HOOKS: list = []
 # Modules that register indexers; imported once by load_plugins().
 PLUGINS: list[str] = ["weightvault.catalog.provenance", "weightvault.catalog.distill_runs",
@@ -56,8 +64,13 @@ def bulk_insert(con, table: str, columns: list[str], rows: list[tuple]) -> None:
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select}", [list(c) for c in cols])
 
 
-def index_chunks(con, store: Store, chunk_ids, known_info: dict | None = None) -> None:
-    """Add rows for chunks the catalog does not know yet."""
+def index_chunks(con, store: Store, chunk_ids, known_info: dict | None = None,
+                 raw_lens: dict | None = None) -> None:
+    """Add rows for chunks the catalog does not know yet.
+
+    ``known_info``: chunk id -> (raw length, stored bytes, codec, base) of chunks just written;
+    ``raw_lens``: chunk id -> raw length as the manifest records it, for a chunk the store lacks.
+    """
     chunk_ids = set(chunk_ids)
     if not chunk_ids:
         return
@@ -77,6 +90,7 @@ def index_chunks(con, store: Store, chunk_ids, known_info: dict | None = None) -
                 header, stored = store.chunk_header(cid)
             except IntegrityError as e:  # missing or damaged: index what the manifest says; verify reports it
                 log.warning("indexing %s: %s", cid[:16], e)
+                rows.append((cid, (raw_lens or {}).get(cid, 0), 0, MISSING, None))
                 continue
             raw_len, codec, base = header.raw_len, header.codec, header.base
         rows.append((cid, raw_len, stored, codec, base))
@@ -110,9 +124,75 @@ def index_version(con, store: Store, version_id: str, m: Manifest, chunk_info: d
     bulk_insert(con, "file_chunks", ["version_id", "path", "seq", "chunk_id", "file_offset", "raw_bytes"], fc)
     bulk_insert(con, "tensors", ["version_id", "path", "name", "dtype", "shape", "n_elements", "byte_begin",
                                  "byte_end", "chunk_ids"], tens)
-    index_chunks(con, store, m.chunk_ids(), chunk_info)
+    index_chunks(con, store, m.chunk_ids(), chunk_info, raw_lens={cid: n for f in m.files for cid, n in f.chunks})
     for fn in VERSION_INDEXERS:
         fn(con, version_id, m)
+
+
+def recheck_chunks(con, store: Store, chunk_ids=()) -> None:
+    """Read again the headers of the chunks indexed as :data:`MISSING` and of ``chunk_ids`` (those a new
+    ``damage`` event names): ``repair`` moved a chunk to quarantine, or a snapshot stored one again,
+    without a catalog row being written for it. Each row ends as a rebuild would index it."""
+    rows = con.execute("SELECT chunk_id, codec FROM chunks WHERE codec = $1 OR chunk_id IN (SELECT unnest($2))",
+                       [MISSING, sorted(set(chunk_ids))]).fetchall()
+    for cid, codec in rows:
+        try:
+            header, stored = store.chunk_header(cid)
+        except IntegrityError:
+            if codec != MISSING:
+                con.execute("UPDATE chunks SET stored_bytes = 0, codec = ?, base_id = NULL WHERE chunk_id = ?",
+                            [MISSING, cid])
+            continue
+        if codec == MISSING:
+            con.execute("UPDATE chunks SET raw_bytes = ?, stored_bytes = ?, codec = ?, base_id = ? WHERE chunk_id = ?",
+                        [header.raw_len, stored, header.codec, header.base, cid])
+
+
+def _damaged_chunks(events) -> set[str]:
+    """Chunk ids that ``damage`` events (archive/repair.py) name."""
+    out: set[str] = set()
+    for _, ev in events:
+        p = ev.get("payload") if ev.get("type") == "damage" else None
+        if not isinstance(p, dict):
+            continue
+        if isinstance(p.get("reasons"), dict):
+            out.update(k for k in p["reasons"] if isinstance(k, str) and k != "manifest")
+        for f in p.get("files") if isinstance(p.get("files"), list) else ():
+            if isinstance(f, dict) and isinstance(f.get("chunks"), list):
+                out.update(c for c in f["chunks"] if isinstance(c, str))
+    return out
+
+
+def settle(con, store: Store, *, dropped: bool, added: bool, events=()) -> None:
+    """What a sync changes beyond its own records, so the catalog holds what a rebuild would:
+    ``models`` from the live versions, no rows for chunks only removed versions used, chunk rows of
+    quarantined (or stored again) chunks. Within the sync's transaction."""
+    if dropped:
+        con.execute("DELETE FROM chunks WHERE chunk_id NOT IN (SELECT chunk_id FROM file_chunks)")
+    if dropped or added:
+        con.execute("DELETE FROM models WHERE model NOT IN (SELECT model FROM versions)")
+        con.execute("UPDATE models SET created_at = v.first FROM "
+                    "(SELECT model, min(created_at) AS first FROM versions GROUP BY model) v "
+                    "WHERE models.model = v.model AND models.created_at <> v.first")
+    if dropped or added or events:
+        recheck_chunks(con, store, _damaged_chunks(events))
+
+
+def reset(con) -> None:
+    """Delete every row (the migrations' bookkeeping aside): the next sync indexes the store afresh,
+    as ``catalog rebuild`` does. For a catalog written by a release that lacked some migrations:
+    its rows predate the tables and indexers those add, and its events all count as indexed."""
+    tables = [t for (t,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name <> 'schema_migrations'").fetchall()]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for t in tables:
+            con.execute(f'DELETE FROM "{t}"')
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def drop_version(con, version_id: str) -> None:
@@ -135,7 +215,12 @@ def plan_sync(con, store: Store):
 
     A version listed in ``unindexed_versions`` counts as known: it is not read again at every
     command (``catalog rebuild`` retries it).
+
+    Events are listed before refs: an event about a version is written after its ref, so the
+    version of every event listed here is among the refs listed next (unless it was removed),
+    and an event indexer that skips versions that are not indexed skips only removed ones.
     """
+    event_ids = store.list_event_ids()
     want = {(r.model, r.version): r.manifest_id for r in store.list_refs()}
     have = {(m, v): vid for vid, m, v in con.execute(
         "SELECT version_id, model, version FROM versions UNION ALL "
@@ -143,7 +228,7 @@ def plan_sync(con, store: Store):
     to_drop = [vid for key, vid in have.items() if want.get(key) != vid]
     to_add = [(key, mid) for key, mid in want.items() if have.get(key) != mid]
     known_events = {r[0] for r in con.execute("SELECT event_id FROM events").fetchall()}
-    new_events = [e for e in store.list_event_ids() if e not in known_events]
+    new_events = [e for e in event_ids if e not in known_events]
     return to_add, to_drop, new_events
 
 
@@ -200,6 +285,7 @@ def sync(con, store: Store, plan=None, chunk_info: dict | None = None) -> tuple[
                     index_event(con, eid, ev)
                 except duckdb.Error as e:
                     raise _Refused("event", (eid, ev.get("type")), str(e).splitlines()[0]) from e
+            settle(con, store, dropped=bool(to_drop), added=bool(manifests), events=events)
             for fn in SYNC_HOOKS:
                 fn(con, store)
             faults.point("catalog.commit")

@@ -14,6 +14,11 @@ Two sources, both in the store, so ``catalog rebuild`` recreates every row:
   ``tag``      ``{"model", "tag", "version_id" (null: removed)}``, latest ``at`` wins
   ``eval``     ``{"version_id", "task", "metric", "value", ["dataset", "dataset_version", "settings"]}``
 
+A ``link`` or ``lineage`` event about a version that is not indexed (removed with ``rm``) adds no
+row, in a live sync as in a rebuild (``drop_version`` deletes the rows of a version removed later);
+a removed child's edges stay walkable from the events (view ``removed_version_edges``). Evals,
+tag moves and dataset records are history and keep their rows.
+
 Indexers never let a bad record abort a sync: a payload that fails
 :func:`check_lineage` and friends is logged and skipped (the writers in
 weightvault/provenance.py validate before anything is written, so this only
@@ -27,6 +32,7 @@ import logging
 
 from weightvault.archive import ids
 from weightvault.catalog import indexer
+from weightvault.errors import NotFoundError
 
 log = logging.getLogger("weightvault")
 
@@ -142,6 +148,13 @@ def index_version(con, version_id: str, m) -> None:
                          m.created_at])
         except (KeyError, TypeError, ValueError) as e:
             log.warning("version %s: dataset link skipped: %s", version_id[:16], e)
+    # A version indexed again after its ref came back: the link and lineage events about it that
+    # the catalog already holds (in a rebuild none are indexed yet; they follow the versions).
+    for eid, kind, at, payload in con.execute(
+            "SELECT event_id, type, created_at, payload FROM events WHERE type IN ('link', 'lineage') "
+            "AND coalesce(payload->>'version_id', payload->>'child') = ? "
+            "AND event_id NOT IN (SELECT event_id FROM unindexed_events)", [version_id]).fetchall():
+        EVENT_INDEXERS_BY_TYPE[kind](con, eid, {"type": kind, "at": at, "payload": json.loads(payload)})
 
 
 # -- events -------------------------------------------------------------------------
@@ -158,8 +171,14 @@ def _dataset(con, event_id: str, ev: dict) -> None:
          json.dumps(p["extra"], sort_keys=True) if p.get("extra") is not None else None, ev["at"]])
 
 
+def _live(con, version_id) -> bool:
+    return con.execute("SELECT 1 FROM versions WHERE version_id = ?", [version_id]).fetchone() is not None
+
+
 def _link(con, event_id: str, ev: dict) -> None:
     p = ev["payload"]
+    if not _live(con, ids.check_id(p["version_id"])):
+        return  # removed: its rows are gone in a live catalog too
     con.execute("INSERT INTO version_datasets VALUES (?, ?, ?, ?, 'event', ?, ?) ON CONFLICT DO NOTHING",
                 [ids.check_id(p["version_id"]), p["dataset"], p["dataset_version"], check_role(p["role"]),
                  ev["at"], event_id])
@@ -167,6 +186,8 @@ def _link(con, event_id: str, ev: dict) -> None:
 
 def _lineage(con, event_id: str, ev: dict) -> None:
     p = ev["payload"]
+    if not _live(con, ids.check_id(p["child"])):
+        return  # removed: removed_version_edges keeps its edges from the events
     _insert_edge(con, _edge_row(ids.check_id(p["child"]), p, "event", ev["at"], event_id))
 
 
@@ -203,29 +224,36 @@ def _tolerant(fn):
     return run
 
 
-def backfill(con, store) -> None:
-    """Index the provenance rows of versions indexed before migration 0002 (an upgraded catalog).
-
-    Every indexed version gets a ``model_cards`` row, so a version without one was indexed by a
-    release without this module; its manifest holds everything needed. A SYNC_HOOKS entry.
-    """
-    from weightvault.errors import IntegrityError
-
-    missing = con.execute("SELECT version_id FROM versions ANTI JOIN model_cards USING (version_id)").fetchall()
-    for (vid,) in missing:
-        try:
-            index_version(con, vid, store.get_manifest(vid))
-        except IntegrityError as e:  # verify reports it; the rest of the catalog still catches up
-            log.warning("provenance of %s not indexed: %s", vid[:16], e)
-
-
 EVENT_TYPES = {"dataset": _dataset, "link": _link, "lineage": _lineage, "tag": _tag, "eval": _eval}
+EVENT_INDEXERS_BY_TYPE = {"link": _tolerant(_link), "lineage": _tolerant(_lineage)}
 
 
 def resolve_tag(vault, model: str, label: str) -> str | None:
-    """``NAME@TAG`` -> manifest id of the version the tag points at now (a REF_RESOLVERS entry)."""
-    _, rows = vault.sql("SELECT version_id FROM tags WHERE model = ? AND tag = ?", [model, label])
-    return rows[0][0] if rows else None
+    """``NAME@TAG`` -> manifest id of the version the tag points at now (a REF_RESOLVERS entry).
+
+    Raises:
+        TagOnRemovedVersionError: the tag points at a version removed with ``rm``.
+    """
+    _, rows = vault.query("SELECT t.version_id, t.version, r.version FROM tags t "
+                          "LEFT JOIN removed_versions r ON r.version_id = t.version_id "
+                          "WHERE t.model = ? AND t.tag = ?", [model, label])
+    if not rows:
+        return None
+    vid, version, removed_as = rows[0]
+    if version is None:  # no live version has this manifest
+        raise TagOnRemovedVersionError(model, label, removed_as, vid)
+    return vid
+
+
+class TagOnRemovedVersionError(NotFoundError):
+    """``NAME@TAG`` names a tag whose version was removed: it points at nothing that can be read."""
+
+    def __init__(self, model: str, tag: str, version: str | None, version_id: str):
+        what = f"{model}@{version}" if version else f"version {version_id[:16]} of {model}"
+        super().__init__(f"tag {tag!r} of {model} points at {what}, which was removed",
+                         hint=f"move the tag with `weightvault tag {model}@N {tag}`, or delete it with "
+                              f"`weightvault tag {model} {tag} --delete`")
+        self.model, self.tag, self.version, self.version_id = model, tag, version, version_id
 
 
 def register() -> None:
@@ -234,8 +262,6 @@ def register() -> None:
         indexer.EVENT_INDEXERS.setdefault(name, _tolerant(fn))
     if index_version not in indexer.VERSION_INDEXERS:
         indexer.VERSION_INDEXERS.append(index_version)
-    if backfill not in indexer.SYNC_HOOKS:
-        indexer.SYNC_HOOKS.append(backfill)
     for table in ("version_datasets", "lineage_edges", "model_cards"):
         if table not in indexer.VERSION_TABLES:
             indexer.VERSION_TABLES.append(table)

@@ -420,3 +420,19 @@ def test_an_empty_store_option_is_refused(cli, tmp_path, monkeypatch):
     r = cli("--store", "", "log", store=None)
     assert r.rc == 2 and "--store is empty" in r.err, r
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_sql_json_gives_json_columns_as_values_and_times_as_iso_utc(vault, toy_model, cli):
+    """`jq '.[0].settings.temperature'` needs a JSON column as JSON, not a string of it; times
+    read the same in every --json output (show's ISO 8601 Z, not "2026-11-24 00:42:15")."""
+    vault.snapshot(toy_model, "m")
+    r = cli("sql", "SELECT '{\"temperature\": 0.7}'::JSON AS settings, TIMESTAMP '2026-01-02 03:04:05' AS ts, "
+                   "TIMESTAMPTZ '2026-01-02 03:04:05+02' AS tz, 'ab'::BLOB AS b, INTERVAL 90 SECOND AS i", "--json")
+    assert r.rc == 0, r
+    assert r.json() == [{"settings": {"temperature": 0.7}, "ts": "2026-01-02T03:04:05Z",
+                         "tz": "2026-01-02T01:04:05Z", "b": "6162", "i": 90.0}]
+    shown = cli("show", "m@1", "--json").json()["created_at"]
+    logged = cli("log", "m", "--json").json()[0]["created_at"]
+    queried = cli("sql", "SELECT created_at FROM versions", "--json").json()[0]["created_at"]
+    assert shown.endswith("Z") and "T" in shown
+    assert logged[:19] == queried[:19] == shown[:19] and logged.endswith("Z") and queried.endswith("Z")

@@ -135,8 +135,29 @@ def ratio(raw: float, stored: float) -> str:
 
 
 def print_json(obj) -> None:
-    """Strict JSON on stdout: a NaN or infinite float (a query's 1/0, a diff statistic) is null."""
-    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
+    """Strict JSON on stdout: a NaN or infinite float (a query's 1/0, a diff statistic) is null;
+    times are ISO 8601 in UTC (``2026-11-24T00:42:15.735254Z``), as manifests write them."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=_json_value, allow_nan=False) + "\n")
+
+
+def _json_value(o):
+    """JSON for what the catalog's rows hold besides str, numbers, lists and dicts."""
+    import datetime as dt
+    import decimal
+
+    if isinstance(o, dt.datetime):  # the catalog's TIMESTAMPs are UTC; a TIMESTAMPTZ is converted
+        if o.tzinfo is not None:
+            o = o.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return o.isoformat() + "Z"
+    if isinstance(o, (dt.date, dt.time)):
+        return o.isoformat()
+    if isinstance(o, dt.timedelta):
+        return o.total_seconds()
+    if isinstance(o, decimal.Decimal):
+        return float(o)
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o).hex()
+    return str(o)
 
 
 def _finite(obj):

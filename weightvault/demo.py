@@ -78,7 +78,7 @@ def run_demo(vault, model: str, *, as_json: bool = False) -> int:
 
         du = du_report(vault)
         report["du"] = du
-        cols, rows = vault.sql(DEMO_QUERY, [model])
+        cols, rows = vault.query(DEMO_QUERY, [model])
         report["query"] = {"sql": DEMO_QUERY, "rows": [dict(zip(cols, r)) for r in rows]}
         if out:
             t = du["total"]

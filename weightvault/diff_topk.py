@@ -43,12 +43,12 @@ class RunPair:
 
 
 def _has_table(vault, name: str) -> bool:
-    _, rows = vault.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])
+    _, rows = vault.query("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])
     return bool(rows and rows[0][0])
 
 
 def _runs(vault, manifest_id: str, prompt_hash: str, n_prompts: int) -> list[tuple]:
-    _, rows = vault.sql(
+    _, rows = vault.query(
         "SELECT run_id, data_version_id, top_k, max_new_tokens, settings->>'logprob_dtype' FROM distill_runs "
         "WHERE teacher_id = ? AND prompt_set_hash = ? AND complete AND teacher_kind = 'causal-lm' "
         "AND temperature = 0 AND output_rows = ? ORDER BY created_at DESC",

@@ -529,7 +529,7 @@ def _recorded_event(vault, run_id: str) -> str | None:
     """The event of ``run_id`` if it was written after all (the Ctrl-C came after the write)."""
     with contextlib.suppress(Exception):
         vault.catalog.sync()
-        _, rows = vault.sql("SELECT event_id FROM distill_runs WHERE run_id = ?", [run_id])
+        _, rows = vault.query("SELECT event_id FROM distill_runs WHERE run_id = ?", [run_id])
         if rows:
             return rows[0][0]
     return None
@@ -567,7 +567,7 @@ def get_run(vault, run_id: str) -> dict:
     """The recorded payload of a run (from the store's events, through the catalog)."""
     if not run_id or not all(c in "0123456789abcdef" for c in run_id):
         raise DistillRunNotFoundError(run_id)
-    _, rows = vault.sql("SELECT event_id FROM distill_runs WHERE run_id = ?", [run_id])
+    _, rows = vault.query("SELECT event_id FROM distill_runs WHERE run_id = ?", [run_id])
     if not rows:
         raise DistillRunNotFoundError(run_id)
     return vault.store.get_event(rows[0][0])["payload"]

@@ -57,10 +57,10 @@ def find_dataset(vault, text: str) -> DatasetRef:
     """
     name, sep, version = text.partition("@")
     if sep:
-        _, rows = vault.sql("SELECT name, version FROM datasets WHERE name = ? AND version = ?", [name, version])
+        _, rows = vault.query("SELECT name, version FROM datasets WHERE name = ? AND version = ?", [name, version])
     else:
-        _, rows = vault.sql("SELECT name, version FROM datasets WHERE name = ? ORDER BY recorded_at DESC LIMIT 1",
-                            [name])
+        _, rows = vault.query("SELECT name, version FROM datasets WHERE name = ? ORDER BY recorded_at DESC LIMIT 1",
+                              [name])
     if not rows:
         raise NotFoundError(f"dataset {text!r} is not recorded",
                             hint="record it with `weightvault dataset add NAME ...`; list them with `weightvault dataset list`")
@@ -81,12 +81,23 @@ def add_dataset(vault, record: dict, *, source: str = "flags", replace: bool = F
         RecordValidationError: a field is missing or invalid (named in the message).
         AlreadyExistsError: name@version is recorded and ``replace`` is False.
     """
+    from weightvault.catalog import indexer
+
     rec = ds.validate(record, source)
-    _, rows = vault.sql("SELECT 1 FROM datasets WHERE name = ? AND version = ?", [rec["name"], rec["version"]])
-    if rows and not replace:
-        raise AlreadyExistsError(f"dataset {rec['name']}@{rec['version']} is already recorded",
-                                 hint="pass --replace to record a correction, or give another --version")
-    return _record(vault, "dataset", rec), rec
+    # The check and the write are one step: under the exclusive catalog lock (taken inside the
+    # shared store lock, the order `catalog rebuild` takes them in), the catalog is synced with
+    # every event in the store, a rival add's included, then checked, then the event written.
+    with vault.store.lock.held(shared=True, timeout=vault.lock_timeout, op="record dataset"):
+        with vault.catalog.write(op="dataset add") as con:
+            indexer.sync(con, vault.store)
+            rows = con.execute("SELECT 1 FROM datasets WHERE name = ? AND version = ?",
+                               [rec["name"], rec["version"]]).fetchall()
+            if rows and not replace:
+                raise AlreadyExistsError(f"dataset {rec['name']}@{rec['version']} is already recorded",
+                                         hint="pass --replace to record a correction, or give another --version")
+            eid = vault.store.put_event("dataset", rec)
+            indexer.sync(con, vault.store)
+    return eid, rec
 
 
 def link_dataset(vault, ref, dataset: str, role: str) -> str:
@@ -141,7 +152,8 @@ def lineage_edge(vault, base: str, relation: str, *, run_id: str | None = None,
     """Build a checked lineage record for a manifest or event.
 
     Args:
-        base: ``NAME@V`` (or ``NAME@TAG``) of a version in this store, or an external ``hf:ORG/NAME``.
+        base: ``NAME@V`` (or ``NAME@TAG``) of a version in this store, or an external ``hf:ORG/NAME[@REV]``
+            (a branch or tag REV is recorded as the commit the HF cache's ``refs/REV`` holds).
         relation: finetune, adapter, merge, quantized, cast or distilled.
         run_id, prompt_set_hash, settings: for ``distilled`` edges (the teacher is ``base``).
     Returns:
@@ -149,8 +161,9 @@ def lineage_edge(vault, base: str, relation: str, *, run_id: str | None = None,
     """
     edge: dict = {"relation": relation}
     if hub.is_hub_ref(base):
-        r = hub.parse_hf_ref(base)
-        edge["base_ref"] = f"hf:{r.repo}" + (f"@{r.revision}" if r.revision else "")
+        # a branch or tag is pinned to its commit (from the HF cache's refs/): the catalog matches an
+        # archived Hub snapshot by commit; one the cache does not know is kept as typed, with a warning
+        edge["base_ref"] = hub.pin_ref(base)
     else:
         edge["base"] = vault.resolve(base).manifest_id
     for k, v in (("run_id", run_id), ("prompt_set_hash", prompt_set_hash), ("settings", settings)):
@@ -169,8 +182,8 @@ def add_lineage(vault, child, base: str, relation: str, **distilled) -> str:
     if edge.get("base") == r.manifest_id:
         raise InvalidInputError(f"{r} cannot be its own base")
     if edge.get("base"):  # a version cannot derive from its own descendant
-        _, rows = vault.sql("SELECT depth FROM version_ancestors WHERE version_id = ? AND ancestor_id = ? "
-                            "ORDER BY depth LIMIT 1", [edge["base"], r.manifest_id])
+        _, rows = vault.query("SELECT depth FROM version_ancestors WHERE version_id = ? AND ancestor_id = ? "
+                              "ORDER BY depth LIMIT 1", [edge["base"], r.manifest_id])
         if rows:
             raise InvalidInputError(f"{base} derives from {r} ({rows[0][0]} hop{'s' if rows[0][0] > 1 else ''} away): "
                                     f"{r} cannot also be its {relation}",
@@ -195,7 +208,7 @@ def remove_tag(vault, model: str, tag: str) -> str:
     """Remove a tag (recorded as a move to nothing)."""
     ids.check_model_name(model)
     ids.check_version_name(tag)
-    _, rows = vault.sql("SELECT 1 FROM tags WHERE model = ? AND tag = ?", [model, tag])
+    _, rows = vault.query("SELECT 1 FROM tags WHERE model = ? AND tag = ?", [model, tag])
     if not rows:
         raise NotFoundError(f"{model} has no tag {tag!r}", hint=f"list tags with `weightvault tag {model}`")
     return _record(vault, "tag", {"model": model, "tag": tag, "version_id": None})
@@ -235,12 +248,12 @@ def lineage_tree(vault, ref) -> dict:
         and a base removed with ``rm`` keeps its name with ``"removed": true``.
     """
     r = vault.resolve(ref)
-    _, edges = vault.sql("SELECT child_id, base_id, base_ref, relation, run_id FROM version_edges")
-    _, names = vault.sql("SELECT version_id, model, version FROM versions")
-    _, removed = vault.sql("SELECT version_id, model, version FROM removed_versions")
-    _, links = vault.sql("SELECT l.version_id, l.dataset, l.dataset_version, l.role, d.license "
-                         "FROM version_datasets l LEFT JOIN datasets d "
-                         "ON d.name = l.dataset AND d.version = l.dataset_version ORDER BY 2, 3, 4")
+    _, edges = vault.query("SELECT child_id, base_id, base_ref, relation, run_id FROM version_edges")
+    _, names = vault.query("SELECT version_id, model, version FROM versions")
+    _, removed = vault.query("SELECT version_id, model, version FROM removed_versions")
+    _, links = vault.query("SELECT l.version_id, l.dataset, l.dataset_version, l.role, d.license "
+                           "FROM version_datasets l LEFT JOIN datasets d "
+                           "ON d.name = l.dataset AND d.version = l.dataset_version ORDER BY 2, 3, 4")
     name = {vid: (m, v) for vid, m, v in names}
     gone = {vid: (m, v) for vid, m, v in removed if vid not in name}  # `rm`ed: named by its removal record
     data: dict[str, list] = {}

@@ -98,8 +98,13 @@ class Vault:
         load_plugins()  # plugins add resolvers (NAME@TAG)
         for fn in REF_RESOLVERS:
             mid = fn(self, r.model, r.version)
-            if mid:
+            if mid:  # a resolver answers from the catalog, synced with the refs before it reads
                 m = self.manifest_by_id(mid)
+                rec = self.store.get_ref(m.model, m.version)
+                if rec is None or rec.manifest_id != mid:  # removed since: never act on it
+                    raise VersionNotFoundError(r.model, r.version,
+                                               hint=f"{r.model}@{r.version} named {m.model}@{m.version}, which "
+                                                    f"was removed; list versions with `weightvault log {r.model}`")
                 return ResolvedVersion(m.model, m.version, mid)
         if not self.store.list_refs(r.model):
             raise ModelNotFoundError(r.model)
@@ -313,18 +318,31 @@ class Vault:
         rep.broken_versions.extend(broken)
         return rep
 
-    def sql(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
-        """Run SQL on the catalog (read-only); returns (column names, rows).
-
-        The query reads the catalog and nothing else: the connection's file system access is
-        switched off and its settings locked first, so no query can write a file (``COPY TO``
-        over a ref or a manifest would damage the store), attach a database or load an
-        extension. For files, use the duckdb shell on ``weightvault catalog path``."""
+    def query(self, query: str, params=None) -> tuple[list[str], list[tuple]]:
+        """weightvault's own SQL on the catalog (read-only): as :meth:`sql`, on the catalog's own
+        connection (no sandbox to attach: ~20 ms less per query). Not for users' SQL."""
         from weightvault.catalog.connection import duckdb_module
 
         with self.catalog.read() as con:
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+            try:
+                cur = con.execute(query, params or [])
+            except duckdb_module().Error as e:
+                raise QueryError(f"SQL error: {str(e).splitlines()[0]}") from None
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchall()
+
+    def sql(self, query: str, params=None, *, types: bool = False) -> tuple[list[str], list[tuple]]:
+        """Run SQL on the catalog (read-only); returns (column names, rows), and with ``types``
+        (column names, rows, DuckDB type names) as a third item.
+
+        The query reads the catalog and nothing else (``Catalog.read(sandboxed=True)``): no
+        query can write a file (``COPY TO`` over a ref or a manifest would damage the store),
+        attach a database or load an extension. For files, use the duckdb shell on
+        ``weightvault catalog path``."""
+        from weightvault.catalog.connection import duckdb_module
+
+        with self.catalog.read(sandboxed=True) as con:
             try:
                 cur = con.execute(query, params or [])
             except duckdb_module().Error as e:
@@ -339,8 +357,9 @@ class Vault:
                             "those, open it in the duckdb shell: duckdb -readonly \"$(weightvault catalog path)\"")
                 raise QueryError(f"SQL error: {first}", hint=hint) from None
             if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
+                return ([], [], []) if types else ([], [])
+            cols, rows = [d[0] for d in cur.description], cur.fetchall()
+            return (cols, rows, [str(d[1]) for d in cur.description]) if types else (cols, rows)
 
     def store_bytes(self) -> int:
         """Bytes all chunk, manifest and event objects take on disk."""

@@ -66,7 +66,9 @@ def register(sub, common):
                     example='weightvault sql "SELECT model, version, added_stored_bytes FROM version_storage"',
                     description="run SQL on the catalog (read-only). The query reads the catalog and nothing "
                                 "else: no files, ATTACH, settings or extensions (for those, open the catalog in "
-                                "the duckdb shell: duckdb -readonly \"$(weightvault catalog path)\").")
+                                "the duckdb shell: duckdb -readonly \"$(weightvault catalog path)\"). Statements "
+                                "separated by ';' run in order and the last one's rows are printed. With --json, "
+                                "JSON columns are JSON values, times ISO 8601 UTC, and NaN or infinity null.")
     p.add_argument("query", nargs="?", help="the SQL")
     p.add_argument("-f", "--file", dest="sql_file", help="read the SQL from a file")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -212,7 +214,7 @@ def cmd_log(args):
 
     v = open_vault(args)
     if args.model:
-        cols, rows = v.sql(
+        cols, rows = v.query(
             "SELECT s.version, s.created_at, s.raw_bytes, s.added_stored_bytes, p.version AS parent, s.message, "
             "  (SELECT string_agg(tag, ',' ORDER BY tag) FROM version_tags t WHERE t.version_id = s.version_id) "
             "FROM version_storage s LEFT JOIN versions p ON p.version_id = s.parent_id "
@@ -227,8 +229,8 @@ def cmd_log(args):
                                   [(r[0], str(r[1])[:19], human(r[2]), human(r[3]), r[4] or "", r[6] or "", r[5])
                                    for r in rows], title=args.model))
         return
-    cols, rows = v.sql("SELECT model, n_versions, raw_bytes, stored_bytes, last_snapshot FROM model_storage "
-                       "ORDER BY model")
+    cols, rows = v.query("SELECT model, n_versions, raw_bytes, stored_bytes, last_snapshot FROM model_storage "
+                         "ORDER BY model")
     if args.json:
         print_json([dict(zip(cols, r)) for r in rows])
         return
@@ -245,8 +247,8 @@ def cmd_show(args):
     v = open_vault(args)
     r = v.resolve(args.ref)
     m = v.manifest_by_id(r.manifest_id)
-    cols, rows = v.sql("SELECT added_stored_bytes, added_raw_bytes, referenced_stored_bytes, unique_raw_bytes "
-                       "FROM version_storage WHERE version_id = ?", [r.manifest_id])
+    cols, rows = v.query("SELECT added_stored_bytes, added_raw_bytes, referenced_stored_bytes, unique_raw_bytes "
+                         "FROM version_storage WHERE version_id = ?", [r.manifest_id])
     storage = dict(zip(cols, rows[0])) if rows else {}
     if args.json:
         d = {"model": m.model, "version": m.version, "manifest_id": r.manifest_id, "created_at": m.created_at,
@@ -267,8 +269,8 @@ def cmd_show(args):
     c.print(f"  source: {src.get('path') or src.get('repo')} {src.get('revision', '')}".rstrip(), markup=False)
     if storage:
         c.print(f"  raw {human(m.raw_bytes)}; added to the store {human(storage['added_stored_bytes'])}")
-    _, bases = v.sql("SELECT relation, coalesce(base_model || '@' || base_version, base_ref, base_id) FROM lineage "
-                     "WHERE version_id = ? ORDER BY 1, 2", [r.manifest_id])
+    _, bases = v.query("SELECT relation, coalesce(base_model || '@' || base_version, base_ref, base_id) FROM lineage "
+                       "WHERE version_id = ? ORDER BY 1, 2", [r.manifest_id])
     for rel, base in bases:
         c.print(f"  lineage: {rel} of {base}", markup=False)
     c.print(table(["file", "size", "format", "chunks", "tensors", "sha256"],
@@ -318,9 +320,13 @@ def cmd_sql(args):
     else:
         raise UsageError("no query given", hint='pass one: weightvault sql "FROM version_storage"')
     fmt = "json" if args.json else args.format
-    cols, rows = open_vault(args).sql(query)
-    if fmt == "json":
-        print_json([dict(zip(cols, r)) for r in rows])
+    cols, rows, types = open_vault(args).sql(query, types=True)
+    if fmt == "json":  # a JSON column (settings, payload, metadata) is JSON here, not a string of it
+        import json
+
+        parse = [t == "JSON" for t in types]
+        print_json([{c: json.loads(v) if p and isinstance(v, str) else v for c, v, p in zip(cols, r, parse)}
+                    for r in rows])
     elif fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(cols)
@@ -330,10 +336,10 @@ def cmd_sql(args):
 
 
 def du_report(v) -> dict:
-    cols, rows = v.sql("SELECT model, n_versions, raw_bytes, unique_raw_bytes, stored_bytes, added_stored_bytes "
-                       "FROM model_storage ORDER BY model")
+    cols, rows = v.query("SELECT model, n_versions, raw_bytes, unique_raw_bytes, stored_bytes, added_stored_bytes "
+                         "FROM model_storage ORDER BY model")
     models = [dict(zip(cols, r)) for r in rows]
-    _, tot = v.sql(
+    _, tot = v.query(
         "SELECT (SELECT coalesce(sum(raw_bytes), 0) FROM versions), "
         "       coalesce(sum(c.raw_bytes), 0), coalesce(sum(c.stored_bytes), 0), count(*) "
         "FROM chunks c WHERE chunk_id IN (SELECT chunk_id FROM file_chunks)")

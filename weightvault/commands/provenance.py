@@ -174,7 +174,7 @@ _DATASET_FLAGS = {"name": "NAME", "cutoff_date": "--cutoff", "n_tokens": "--toke
 def cmd_dataset_list(args):
     from weightvault._ui import out_console, print_json, table
 
-    cols, rows = open_vault(args).sql(
+    cols, rows = open_vault(args).query(
         "SELECT name, version, license, cutoff_date, n_rows, n_tokens, content_hash, source_uri FROM datasets "
         "ORDER BY name, recorded_at")
     if args.json:
@@ -281,16 +281,24 @@ def cmd_tag(args):
     v = open_vault(args)
     if args.tag is None:  # list
         model = ids.parse_ref(args.ref).model
-        cols, rows = v.sql("SELECT h.tag, v.version, h.moved_at, h.origin, h.message, "
-                           "coalesce(t.version_id = h.version_id AND t.moved_at = h.moved_at, false) AS current "
-                           "FROM tag_history h LEFT JOIN versions v USING (version_id) "
-                           "LEFT JOIN tags t ON t.model = h.model AND t.tag = h.tag "
-                           "WHERE h.model = ? ORDER BY h.tag, h.moved_at", [model])
+        # version_id null: the tag was deleted; removed: it points at a version removed with `rm`
+        cols, rows = v.query("SELECT h.tag, coalesce(v.version, r.version) AS version, h.moved_at, h.origin, "
+                             "h.message, coalesce(t.version_id = h.version_id AND t.moved_at = h.moved_at, false) "
+                             "AS current, h.version_id, h.version_id IS NOT NULL AND v.version_id IS NULL AS removed "
+                             "FROM tag_history h LEFT JOIN versions v ON v.version_id = h.version_id "
+                             "LEFT JOIN removed_versions r ON r.version_id = h.version_id "
+                             "LEFT JOIN tags t ON t.model = h.model AND t.tag = h.tag "
+                             "WHERE h.model = ? ORDER BY h.tag, h.moved_at, h.event_id", [model])
         if args.json:
             print_json([dict(zip(cols, r)) for r in rows])
         else:
+            def where(r):
+                if r[6] is None:
+                    return "(deleted)"
+                return f"{r[1] or r[6][:12]} (removed)" if r[7] else r[1]
+
             out_console().print(table(["tag", "version", "moved at", "origin", "message", "current"],
-                                      [(r[0], r[1] or "(removed)", str(r[2])[:19], r[3], r[4] or "",
+                                      [(r[0], where(r), str(r[2])[:19], r[3], r[4] or "",
                                         "*" if r[5] else "") for r in rows], title=f"tags of {model}"))
         return
     if args.delete:
