@@ -38,6 +38,7 @@ from weightvault.archive.locking import Lock, hostname
 from weightvault.errors import LeaseLostError, LockBusyError
 
 DEFAULT_TTL = float(os.environ.get("WEIGHTVAULT_LEASE_TTL", "60"))
+SETTLE_S = 1.0  # how long an exclusive claim must survive before it counts (see LeaseLock._settled)
 EXCLUSIVE_KEY = "locks/exclusive"
 SHARED_PREFIX = "locks/shared/"
 
@@ -163,7 +164,7 @@ class LeaseLock(Lock):
     def _acquire_exclusive(self, rec: dict, deadline: float) -> str:
         delay = 0.05
         while True:
-            if self.backend.put(EXCLUSIVE_KEY, json.dumps(rec).encode(), exclusive=True):
+            if self.backend.put(EXCLUSIVE_KEY, json.dumps(rec).encode(), exclusive=True) and self._settled(rec):
                 break
             ex = self._live_exclusive()
             if ex is not None:
@@ -180,6 +181,16 @@ class LeaseLock(Lock):
         except BaseException:
             self.backend.delete(EXCLUSIVE_KEY)
             raise
+
+    def _settled(self, rec: dict) -> bool:
+        """A claim just won is still ours after a moment. Two waiters can read the same expired
+        claim and both delete it (object storage has no conditional DELETE): the second delete
+        may land on the claim the first one made after it. Such a delete follows its read within
+        a request or two, so after ``SETTLE_S`` the claim is either still ours or gone/replaced,
+        and then the waiting goes on (never deleting a claim that is not stale)."""
+        time.sleep(min(SETTLE_S, self.ttl / 10))
+        now = self._read(EXCLUSIVE_KEY)
+        return now is not None and now.get("token") == rec["token"]
 
     def _renew_now(self, key: str, rec: dict) -> None:
         new = dict(rec, expires=time.time() + self.ttl)

@@ -470,3 +470,30 @@ def test_a_writer_whose_lease_ran_out_commits_and_deletes_nothing(s3_store_url, 
     with live.held(shared=True, op="snapshot"):
         time.sleep(1.5)
         live.check()
+
+
+def test_a_claim_deleted_by_a_late_stale_cleaner_is_not_held_twice(s3_store_url, monkeypatch):
+    """Two waiters read the same expired exclusive claim; one deletes it and claims, then the other's
+    delete (meant for the stale claim) removes the fresh one and it claims too. The first must notice
+    before it counts as holding: two gcs at once, or a gc beside a snapshot, would follow."""
+    store = Store.init(s3_store_url)
+    backend = store.lock.backend
+    a = LeaseLock(backend, "store test", ttl=30)
+    b = LeaseLock(backend, "store test", ttl=30)
+    real_put = type(backend).put
+    raced = []
+
+    def put(self, key, data, *, exclusive=False):
+        ok = real_put(self, key, data, exclusive=exclusive)
+        if key == EXCLUSIVE_KEY and exclusive and ok and not raced:
+            raced.append(1)  # b's late delete of "the stale claim", then b's own claim
+            self.delete(EXCLUSIVE_KEY)
+            b.acquire(shared=False, timeout=5, op="gc b")
+        return ok
+
+    monkeypatch.setattr(type(backend), "put", put)
+    with pytest.raises(LockBusyError, match="gc b"):
+        a.acquire(shared=False, timeout=3, op="gc a")
+    assert b._depth == 1 and a._depth == 0
+    assert LeaseLock(backend, "x")._read(EXCLUSIVE_KEY)["op"] == "gc b"  # a never deleted b's claim
+    b.release()
