@@ -497,11 +497,21 @@ WEIGHT_RELATIONS = ("finetune", "adapter", "merge", "quantized", "cast")
 def lineage_base(store: Store, lineage, card: dict | None = None) -> str | None:
     """The manifest a parentless version is encoded against, or None.
 
-    The in-store base of its first weight-derived lineage edge; with no lineage recorded, the
-    latest version of a model named as the card's ``base_model`` (a Hub repo archived under its
-    repo id, as ``snapshot hf:ORG/NAME`` names it). External and damaged bases are skipped.
+    The in-store base of its first weight-derived lineage edge (an ``hf:ORG/NAME@COMMIT`` edge
+    counts when that commit of the repo is archived, under its repo id as ``snapshot hf:`` names
+    it; ``hf:ORG/NAME`` means its latest version); with no lineage recorded, the latest version of
+    a model named as the card's ``base_model``. Bases not in the store and damaged ones are skipped.
     """
-    candidates = [e["base"] for e in lineage if e.get("base") and e.get("relation") in WEIGHT_RELATIONS]
+    candidates = []
+    for e in lineage:
+        if e.get("relation") not in WEIGHT_RELATIONS:
+            continue
+        if e.get("base"):
+            candidates.append(e["base"])
+        elif isinstance(e.get("base_ref"), str) and e["base_ref"].startswith("hf:"):
+            found = _archived_hub_version(store, e["base_ref"])
+            if found:
+                candidates.append(found)
     card = card or {}
     if not lineage and (card.get("base_model_relation") or "finetune") in WEIGHT_RELATIONS:
         for name in card.get("base_model") or ():
@@ -517,6 +527,26 @@ def lineage_base(store: Store, lineage, card: dict | None = None) -> str | None:
         except IntegrityError:
             continue
         return base
+    return None
+
+
+def _archived_hub_version(store: Store, base_ref: str) -> str | None:
+    """The manifest of ``hf:ORG/NAME[@COMMIT]`` archived in this store under its repo id (the
+    version whose recorded source is that commit; with no commit, the latest), or None."""
+    repo, _, commit = base_ref[len("hf:"):].partition("@")
+    try:
+        refs = store.list_refs(ids.check_model_name(repo))
+    except InvalidNameError:
+        return None
+    for r in sorted(refs, key=lambda r: r.created_at, reverse=True):
+        if not commit:
+            return r.manifest_id
+        try:
+            src = store.get_manifest(r.manifest_id).source or {}
+        except IntegrityError:
+            continue
+        if src.get("kind") == "hf" and src.get("repo") == repo and src.get("revision") == commit:
+            return r.manifest_id
     return None
 
 

@@ -252,3 +252,23 @@ def test_base_model_branch_not_in_the_cache_is_kept_with_a_warning(hf_cache, cli
         r = cli("snapshot", tmp_path / f"b{i}", "--model", f"b{i}", "--base-model", base)
         assert r.rc == 0 and "warning" not in r.err, r
         assert cli("show", f"b{i}@1", "--json").json()["lineage"][0]["base_ref"] == base
+
+
+def test_a_fine_tune_of_an_archived_hub_snapshot_is_stored_against_it(hf_cache, cli, vault, tmp_path):
+    """`--base-model hf:ORG/NAME@main` names the archived snapshot (pinned to its commit): a
+    fine-tune of it costs what changed, as `--base-model org/tiny@1` would."""
+    import numpy as np
+
+    model, repo_dir = hf_cache
+    base = cli("snapshot", "hf:org/tiny@main", "--json").json()
+    t = toy_tensors(seed=7)
+    name = sorted(k for k, v in t.items() if v.dtype == np.float32)[0]
+    t[name] = t[name] + np.float32(1e-3)
+    write_model(tmp_path / "ft", t, files={"README.md": CARD})
+    r = cli("snapshot", tmp_path / "ft", "--model", "ft", "--base-model", "hf:org/tiny@main", "--json")
+    assert r.rc == 0, r
+    got = r.json()
+    assert got["encoded_against"] == "org/tiny@1", got
+    assert got["new_chunks"] < base["new_chunks"] and got["dedup_bytes"] > 0, (got, base)
+    assert cli("restore", "ft@1", tmp_path / "out").rc == 0
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "ft")

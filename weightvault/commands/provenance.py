@@ -80,8 +80,9 @@ def register(sub, common):
 def add_snapshot_options(p) -> None:
     """Provenance options of `weightvault snapshot` (called from commands/core.py)."""
     p.add_argument("--base-model", metavar="REF",
-                   help="base of this version: NAME@V here or hf:ORG/NAME (one here is also what a first "
-                        "version is stored against, unless --relation distilled)")
+                   help="base of this version: NAME@V here or hf:ORG/NAME[@REV] (one archived here, an hf: one "
+                        "by `snapshot hf:`, is also what a first version is stored against, unless --relation "
+                        "distilled)")
     p.add_argument("--relation", choices=RELATIONS, help="relation to --base-model (default finetune)")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME[@V]:ROLE",
                    help="dataset used, e.g. alpaca@1:finetune (repeatable)")
