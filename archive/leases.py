@@ -39,6 +39,7 @@ from weightvault.errors import LeaseLostError, LockBusyError
 
 DEFAULT_TTL = float(os.environ.get("WEIGHTVAULT_LEASE_TTL", "60"))
 SETTLE_S = 1.0  # how long an exclusive claim must survive before it counts (see LeaseLock._settled)
+VERIFY_S = 2.0  # how often check() reads an exclusive claim back
 EXCLUSIVE_KEY = "locks/exclusive"
 SHARED_PREFIX = "locks/shared/"
 
@@ -62,6 +63,7 @@ class LeaseLock(Lock):
         self._guard = threading.Lock()
         self._acquiring = threading.Lock()
         self._lost = False  # the renewer found the lease expired or gone: see check()
+        self._verified_at = 0.0  # when check() last read an exclusive claim back (monotonic)
 
     # -- records ---------------------------------------------------------------
 
@@ -134,6 +136,16 @@ class LeaseLock(Lock):
             late = time.time() - self._body.get("expires", float("inf"))
             if self._lost or late > 0:
                 raise LeaseLostError(self.what, self._body.get("op", ""), max(late, 0.0))
+            exclusive, key = not self._shared, self._key
+        # An exclusive claim can also be deleted under its holder by a waiter cleaning up a stale
+        # claim long after reading it (see _settled): read it again, at most every VERIFY_S, so
+        # gc, which checks before each delete, stops within seconds instead of at the next renewal.
+        if exclusive and time.monotonic() - self._verified_at >= VERIFY_S:
+            rec = self._read(key)
+            if rec is None or rec.get("token") != self._body.get("token"):
+                self._lost = True
+                raise LeaseLostError(self.what, self._body.get("op", ""), None)
+            self._verified_at = time.monotonic()
 
     def _still_mine(self) -> bool:
         """The lease has not run out and its object is still ours (not removed as stale)."""
@@ -227,6 +239,12 @@ class LeaseLock(Lock):
             self._renewer = None
         if key:
             try:
+                if key == EXCLUSIVE_KEY:  # the claim may be another holder's now (see check): leave it
+                    rec = self._read(key)
+                    if self._lost or rec is None or rec.get("token") != self._body.get("token"):
+                        return
+                elif self._lost:
+                    return  # removed as stale: nothing of ours to delete
                 self.backend.delete(key)
             except Exception:  # store unreachable: the lease simply expires after ttl
                 pass

@@ -195,12 +195,20 @@ class PackedBackend(Backend):
                 pass
         data = self.inner.get(key)
         out = decode_index(data, key)
-        if cached is not None:
+        self._cache_index(key, data)
+        return out
+
+    def _cache_index(self, key: str, data: bytes) -> None:
+        cached = self.cache / _chunk_id(key) if self.cache else None
+        if cached is None:
+            return
+        try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}")
             tmp.write_bytes(data)
             os.replace(tmp, cached)
-        return out
+        except OSError:  # a cache only: the index is read from the store next time
+            pass
 
     def _install(self, pid: str, entries: dict, mtime: float) -> None:
         self._packs[pid] = dict(entries)
@@ -290,8 +298,10 @@ class PackedBackend(Backend):
         try:
             self.inner.put(pack_key(pid), blob)
             self._bump("pack_put")
-            self.inner.put(index_key(pid), encode_index(pid, op.entries))
+            index = encode_index(pid, op.entries)
+            self.inner.put(index_key(pid), index)
             self._bump("index_put")
+            self._cache_index(index_key(pid), index)  # the next refresh reads it here, not with a GET
             with self._lock:
                 self._install(pid, op.entries, time.time())
         finally:

@@ -230,7 +230,10 @@ class ChunkWriter:
         self.stats = SnapshotStats()
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
-        self._sound: set[str] = set()  # stored chunks whose containers (and bases) were checked
+        # Stored chunks whose containers (and bases) were checked in this snapshot. Not kept across
+        # snapshots: between two store locks another process may repair or gc (a chain checked once
+        # may have lost a base since).
+        self._sound: set[str] = set()
 
     def _one(self, fd: int, seg: Segment, src: SourceFile) -> tuple[str, int, bytes]:
         # One private read (pread: a file truncated meanwhile gives a short read, where a mapping
@@ -345,7 +348,8 @@ def next_version(store: Store, model: str) -> str:
     """One more than the highest numeric label the model has had: live, or removed with ``rm``
     (a label is never given to other weights). Refs are listed before the removal markers, and
     ``rm`` writes its marker before it deletes the ref, so a concurrent rm is seen either way."""
-    labels = [r.version for r in store.list_refs(model)]
+    refs, unreadable = store.scan_refs(model)  # an unreadable ref's label is taken all the same
+    labels = [r.version for r in refs] + [ver.rpartition("@")[2] for ver, _ in unreadable]
     labels += store.removed_labels(model)
     return str(max((int(v) for v in labels if v.isdigit()), default=0) + 1)
 
@@ -452,7 +456,6 @@ def snapshot(
     meta.update(getattr(encode, "manifest_metadata", dict)())  # the engine's derivations
     auto = version is None
     version = version or next_version(store, model)
-    store.lock.check()  # a lease that ran out (object storage): gc may have swept what this reused
     while True:
         manifest = Manifest(
             model=model, version=version, created_at=now_iso(), files=tuple(entries), parent=parent_id,
@@ -460,12 +463,14 @@ def snapshot(
             lineage=tuple(lineage), metadata=meta, chunking={"chunk_size": store.chunk_size},
         )
         mid = store.put_manifest(manifest)
+        store.lock.check()  # a lease that ran out (object storage): gc may have swept what this reused
         if store.create_ref(model, version, mid):
             return SnapshotResult(model, version, mid, manifest, stats, against)
         if not auto:
             raise AlreadyExistsError(f"{model}@{version} was created meanwhile by another process",
                                      hint="pick another --version")
-        version = next_version(store, model)  # a concurrent snapshot took the number
+        # a concurrent snapshot took the number: the next one, always higher (never the same again)
+        version = str(max(int(version) + 1, int(next_version(store, model))))
 
 
 def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None = None):

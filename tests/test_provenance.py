@@ -482,3 +482,28 @@ def test_nan_and_infinity_never_reach_a_record_or_a_json_output(family, cli, sto
     r = cli("sql", "SELECT 'inf'::DOUBLE AS x, 'nan'::DOUBLE AS y, 1.5::DOUBLE AS z", "--json")
     assert r.rc == 0 and json.loads(r.out, parse_constant=lambda c: pytest.fail(c)) == [
         {"x": None, "y": None, "z": 1.5}], r
+
+
+def test_an_export_stopped_part_way_can_be_rerun_into_its_folder(family, cli, tmp_path, monkeypatch):
+    """The list is written ahead: files of a first export stopped after some tables are known as
+    the export's own, not refused as someone else's."""
+    from pathlib import Path as P
+
+    real, renamed = P.replace, []
+
+    def stop_after_two(self, target):
+        if str(target).endswith(".parquet"):
+            renamed.append(target)
+            if len(renamed) > 2:
+                raise KeyboardInterrupt
+        return real(self, target)
+
+    out = tmp_path / "exp"
+    with monkeypatch.context() as mp:
+        mp.setattr(P, "replace", stop_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            pv.export_catalog(family, out)
+    assert len(list(out.glob("*.parquet"))) == 2
+    r = cli("catalog", "export", out, "--json")
+    assert r.rc == 0, r
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(P(d["path"]).name for d in r.json())

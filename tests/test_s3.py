@@ -497,3 +497,28 @@ def test_a_claim_deleted_by_a_late_stale_cleaner_is_not_held_twice(s3_store_url,
     assert b._depth == 1 and a._depth == 0
     assert LeaseLock(backend, "x")._read(EXCLUSIVE_KEY)["op"] == "gc b"  # a never deleted b's claim
     b.release()
+
+
+def test_an_exclusive_holder_whose_claim_was_taken_stops_at_its_next_check(s3_store_url):
+    """A stale-claim cleaner whose delete lands after the settle time (a retried DELETE, a paused
+    waiter) can still remove a fresh claim: the holder's check(), which gc runs before each delete,
+    reads the claim back every VERIFY_S and stops it."""
+    from weightvault.archive import leases
+    from weightvault.errors import LeaseLostError
+
+    store = Store.init(s3_store_url)
+    backend = store.lock.backend
+    a = LeaseLock(backend, "store test", ttl=30)
+    a.acquire(shared=False, op="gc a")
+    a.check()
+    backend.delete(EXCLUSIVE_KEY)  # the late delete
+    b = LeaseLock(backend, "store test", ttl=30)
+    b.acquire(shared=False, timeout=5, op="gc b")
+    time.sleep(leases.VERIFY_S)
+    with pytest.raises(LeaseLostError, match="another process removed its claim"):
+        a.check()
+    with pytest.raises(LeaseLostError):
+        a.check()  # and stays lost
+    a.release()
+    assert LeaseLock(backend, "x")._read(EXCLUSIVE_KEY)["op"] == "gc b"  # a's release left b's claim alone
+    b.release()

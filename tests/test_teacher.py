@@ -321,6 +321,24 @@ def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, pro
     assert json.loads(pq.read_metadata(str(partial)).metadata[distill.OUTPUT_KEY.encode()])["rows"] == 4
     assert gpt2_vault.sql("SELECT output_rows FROM distill_runs WHERE run_id = ?", [r.run_id])[1] == [(4,)]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the same Ctrl-C during the last batch: the file is whole, so it is OUT and recorded complete
+    writes.clear()
+
+    def last_write_then_ctrl_c(self, table, *a, **kw):
+        real(self, table, *a, **kw)
+        writes.append(table.num_rows)
+        if sum(writes) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", last_write_then_ctrl_c)
+    out = tmp_path / "whole.parquet"
+    with pytest.raises(distill.DistillInterrupted) as e:
+        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
+                    device="cpu")
+    r = e.value.result
+    assert r.complete and r.rows == 5 and r.output == str(out) and pq.read_table(str(out)).num_rows == 5
+    assert not (tmp_path / "whole.partial.parquet").exists()
+    assert gpt2_vault.sql("SELECT complete FROM distill_runs WHERE run_id = ?", [r.run_id])[1] == [(True,)]
 
 
 def test_ctrl_c_in_the_cli_names_the_partial_file_and_a_rerun_says_what_it_recorded(gpt2_vault, prompts_file,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import toy_tensors, tree_files, write_model
 
@@ -194,6 +196,14 @@ def test_one_unreadable_ref_is_listed_not_fatal(vault, toy_model, tmp_path, cli,
     assert r.rc == 5 and r.json()["broken_versions"][0]["version"] == "b@1", r
     assert cli("catalog", "rebuild").rc == 0
     assert cli("restore", "a@1", tmp_path / "out").rc == 0
+    # the next snapshot of b takes the next number (it looped for ever, writing a manifest per turn)
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "weightvault", "--store", str(store_dir), "snapshot", str(toy_model),
+                        "--model", "b", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == "2", r
+    assert len([p for p in (store_dir / "manifests").rglob("*") if p.is_file()]) <= 3
     r = cli("gc", "--grace", "0")  # gc cannot know what the ref named: it refuses, deleting nothing
     assert r.rc == 5 and "refs/b/1" in r.err and "weightvault rm" in r.err, r
     r = cli("rm", "b@1", "--reason", "disk fault")
@@ -201,3 +211,4 @@ def test_one_unreadable_ref_is_listed_not_fatal(vault, toy_model, tmp_path, cli,
     assert cli("verify").rc == 0 and cli("gc", "--grace", "0").rc == 0
     rows = cli("sql", "SELECT model, version, reason FROM version_removals", "--json").json()
     assert rows == [{"model": "b", "version": "1", "reason": "disk fault"}]
+    assert cli("restore", "b@2", tmp_path / "b2").rc == 0

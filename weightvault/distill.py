@@ -268,11 +268,12 @@ def run(vault, ref, prompts, out, settings: DistillSettings | None = None, *, de
     settings = check_teacher_settings(teacher, settings, rerun_of)
     check_prompts(teacher, pset, texts, settings)
     run_id = secrets.token_hex(8)
-    tmp, rows, tokens, seconds, complete = _generate_file(teacher, texts, settings, out, run_id, pset, progress)
+    tmp, rows, tokens, seconds, complete, stopped = _generate_file(teacher, texts, settings, out, run_id, pset,
+                                                                   progress)
     with _finish_before_interrupt(run_id) as ctrl_c:
         result = record(vault, teacher, pset, settings, out, run_id, rows, tokens, seconds, complete, rerun_of,
                         written=tmp, total=len(texts), keep_path=keep_path)
-    if not complete or ctrl_c["hits"]:
+    if not complete or stopped or ctrl_c["hits"]:
         raise DistillInterrupted(result, during_recording=complete)
     return result
 
@@ -358,7 +359,9 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
     """Write the Parquet file batch by batch into a temp file next to ``out``.
 
     Returns:
-        (temp path, rows, tokens, seconds, complete). The caller renames the file once recorded.
+        (temp path, rows, tokens, seconds, complete, stopped): ``stopped`` when a Ctrl-C ended it
+        (complete all the same if it came while the last batch was written). The caller renames
+        the file once recorded.
     """
     import time
 
@@ -377,7 +380,7 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
     if progress is not None and hasattr(progress, "start"):
         progress.start(len(texts))
     rows = tokens = 0
-    complete = True
+    complete, stopped = True, False
     t0 = time.perf_counter()
     writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
     try:
@@ -395,8 +398,8 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
                 tokens += cols["n_tokens"]
             if progress is not None:
                 progress(len(batch), cols["n_tokens"])
-    except KeyboardInterrupt:
-        complete = False
+    except KeyboardInterrupt:  # held until the batch was counted: after the last one, the file is whole
+        complete, stopped = rows == len(texts), True
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
@@ -408,7 +411,7 @@ def _generate_file(teacher, texts, settings, out, run_id, pset, progress):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, rows, tokens, time.perf_counter() - t0, complete
+    return tmp, rows, tokens, time.perf_counter() - t0, complete, stopped
 
 
 @contextlib.contextmanager

@@ -223,6 +223,16 @@ class ManifestCorruptError(IntegrityError):
         self.manifest_id = manifest_id
 
 
+class EventCorruptError(IntegrityError):
+    """A stored event (a provenance, dataset or signature record) does not match its hash-name."""
+
+    default_hint = "restore the event file from a backup, or remove it and run `weightvault catalog rebuild`"
+
+    def __init__(self, event_id: str, reason: str, **kw):
+        super().__init__(f"event {event_id}: {reason}", **kw)
+        self.event_id = event_id
+
+
 class FileDigestMismatchError(IntegrityError):
     def __init__(self, path: str, expected: str, actual: str, **kw):
         super().__init__(
@@ -268,11 +278,12 @@ class LeaseLostError(WeightvaultError):
 
     exit_code = 7
 
-    def __init__(self, what: str, op: str, late_s: float, **kw):
+    def __init__(self, what: str, op: str, late_s: float | None, **kw):
         kw.setdefault("hint", "nothing more was written; rerun the command (what it already stored is reused "
                               "or collected by gc)")
-        super().__init__(f"{op or 'this command'} lost its lease on {what}: it expired {late_s:.0f}s ago "
-                         f"(was this process paused?)", **kw)
+        why = (f"it expired {late_s:.0f}s ago (was this process paused?)" if late_s is not None
+               else "another process removed its claim and took the lock")
+        super().__init__(f"{op or 'this command'} lost its lease on {what}: {why}", **kw)
         self.what, self.op, self.late_s = what, op, late_s
 
 

@@ -329,6 +329,14 @@ def export_catalog(vault, folder, *, views: bool = False, check=None) -> list[di
         files = [f"{t}.parquet" for t, _ in names]
         if check is None:
             check_foreign_exports(previous, files, lambda f: os.path.lexists(out_dir / f), out_dir)
+            # Written ahead, listing what the last export wrote and what this one will: an export
+            # stopped part-way leaves files its rerun knows as its own (the final list follows).
+            ahead = [d for d in (previous or {}).get("files", []) if isinstance(d, dict)] \
+                if isinstance(previous, dict) and isinstance(previous.get("files"), list) else []
+            ahead += [{"file": f} for f in files]
+            tmp_list = out_dir / f".{EXPORT_LIST}.tmp"
+            tmp_list.write_bytes(json.dumps({"files": ahead, "complete": False}).encode())
+            tmp_list.replace(listed)
         else:
             check(files)
         done = []
