@@ -344,9 +344,12 @@ class Store:
         return eid
 
     def get_event(self, event_id: str) -> dict:
+        from weightvault.errors import EventCorruptError
+
         data = self.backend.get(fanout("events", event_id))
         if ids.content_id(data) != event_id:
-            raise ManifestCorruptError(event_id, "event content does not match its ID")
+            raise EventCorruptError(event_id, f"content of {fanout('events', event_id)} does not match its ID "
+                                              "(the file was altered or damaged)")
         return json.loads(data)
 
     def list_event_ids(self) -> list[str]:
