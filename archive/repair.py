@@ -6,7 +6,10 @@ version references (``verify --read-data``), and then:
 1. moves each damaged chunk (the one at fault, i.e. the delta base when a
    chunk is lost through its base) to ``quarantine/<id>`` and deletes it from
    ``chunks/``, so a later snapshot of the same bytes stores it afresh and
-   heals every version that uses it (its ID is the hash of the raw bytes);
+   heals every version that uses it (its ID is the hash of the raw bytes); on
+   object storage the intact deltas built on it go too (a snapshot there does
+   not check a reused chunk's base chain), so snapshotting any affected
+   version's files again heals that version;
 2. writes one ``damage`` event per affected version naming the files, tensors
    and chunks that lost data and how many bytes; the catalog shows these in
    the ``version_damage`` view, and they survive a catalog rebuild;
@@ -65,6 +68,9 @@ class RepairReport:
         lost_chunks: every chunk that cannot be decoded (including through a damaged base).
         losses: per version and file, what is lost.
         quarantined: chunks moved to ``quarantine/``.
+        quarantined_deltas: on object storage, the intact deltas built on a damaged chunk, moved
+            too (a snapshot there does not read a reused chunk's base chain, so it would reuse
+            them): re-snapshotting any affected version's files then heals it.
         removed: versions whose ref was removed (``remove_damaged``).
         events: damage events written.
     """
@@ -76,6 +82,7 @@ class RepairReport:
     lost_chunks: list[str] = field(default_factory=list)
     losses: list[FileLoss] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    quarantined_deltas: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
@@ -168,6 +175,14 @@ def repair(store: Store, *, dry_run: bool = False, remove_damaged: bool = False,
         for cid in sorted(report.damaged_chunks):
             if _quarantine(store, cid):
                 report.quarantined.append(cid)
+        if not store.backend.cheap_reads:
+            # Locally a snapshot checks a reused delta's base chain and stores it again in full
+            # when a base is gone; on object storage that would cost a GET per reused chunk, so
+            # the deltas lost through a damaged base go too, and a snapshot stores them afresh.
+            deltas = {d.chunk_id for d in vrep.damaged if d.cause and d.chunk_id != d.cause}
+            for cid in sorted(deltas - set(report.damaged_chunks)):
+                if _quarantine(store, cid):
+                    report.quarantined_deltas.append(cid)
         _record(store, report, manifests)
         if remove_damaged:
             victims = {x.version for x in report.losses} | {v for v, _ in report.unreadable_versions}

@@ -38,20 +38,24 @@ def register(sub, common):
 
     p = add_command(sub, "keygen", help="create an offline ed25519 signing key pair (KEY and KEY.pub)",
                     example="weightvault keygen ~/.weightvault/release.key", parents=[common])
-    p.add_argument("key", help="private key file to create (mode 0600); the public key goes to KEY.pub")
+    p.add_argument("key", help="private key file to create (mode 0600); the public key goes to KEY.pub; "
+                               "refused if either exists")
     p.set_defaults(func=cmd_keygen)
 
     p = add_command(sub, "sign", help="sign a version: in-toto statement of its files and provenance, DSSE, ed25519",
                     example="weightvault sign minilm@2 --key release.key", parents=[common])
     p.add_argument("ref", help="NAME@V")
-    p.add_argument("--key", required=True, help="private key file from `weightvault keygen`")
+    p.add_argument("--key", required=True, help="private key file from `weightvault keygen` (refused unless "
+                                                "only its owner can read and write it: chmod 600)")
     p.set_defaults(func=cmd_sign)
 
     p = add_command(sub, "verify-signature", help="check a version's signatures against its files and provenance",
                     example="weightvault verify-signature minilm@2 --pub release.key.pub", parents=[common],
-                    description="Checks the DSSE signature, that the signed subjects equal the version's file "
-                                "digests and that the signed provenance equals the catalog's rows now, then "
-                                "re-reads every file (chunk hashes and sha256) unless --no-read-data.")
+                    description="Checks the DSSE signature of every record, that the newest signature of each "
+                                "key (by its signed time) has subjects equal to the version's file digests and "
+                                "provenance equal to the catalog's rows now, then re-reads every file (chunk "
+                                "hashes and sha256) unless --no-read-data. Older signatures that a newer one by "
+                                "the same key superseded are listed as stale, not failures.")
     p.add_argument("ref", help="NAME@V")
     p.add_argument("--pub", help="trusted public key file; without it the key in the record is used "
                                  "(proves integrity, not who signed)")
@@ -133,7 +137,8 @@ def cmd_repair(args):
         print_json({"clean": rep.clean, "dry_run": rep.dry_run, "versions_checked": rep.versions_checked,
                     "unreadable_versions": [{"version": a, "reason": b} for a, b in rep.unreadable_versions],
                     "damaged_chunks": rep.damaged_chunks, "lost_chunks": rep.lost_chunks,
-                    "lost_bytes": rep.lost_bytes, "quarantined": rep.quarantined, "removed": rep.removed,
+                    "lost_bytes": rep.lost_bytes, "quarantined": rep.quarantined,
+                    "quarantined_deltas": rep.quarantined_deltas, "removed": rep.removed,
                     "losses": [{"version": x.version, "file": x.path, "tensors": list(x.tensors),
                                 "chunks": list(x.chunks), "lost_bytes": x.lost_bytes, "header_lost": x.header_lost}
                                for x in rep.losses]})
@@ -153,6 +158,8 @@ def cmd_repair(args):
         done = f"would quarantine {n_bad - n_missing} damaged chunks"
     else:
         done = f"quarantined {len(rep.quarantined)} damaged chunks"
+        if rep.quarantined_deltas:
+            done += f" and {len(rep.quarantined_deltas)} deltas built on them"
     done += f" ({n_missing} missing)" if n_missing else ""
     c.print(f"{done}; {human(rep.lost_bytes)} of version data lost. "
             "Snapshot the original files again to heal, or `weightvault repair --remove-damaged`.")
@@ -193,10 +200,16 @@ def cmd_verify_signature(args):
 
     v = open_vault(args, create=False)
     res = verify_version(v, args.ref, pub=args.pub, read_data=not args.no_read_data)
+    stale = [{"keyid": x.keyid, "event_id": x.event_id, "signed_at": x.signed_at, "changed": x.changed}
+             for x in res.stale]
     if args.json:
         print_json({"version": res.version, "keyids": res.keyids, "subjects": res.subjects,
-                    "pinned": res.pinned, "data_checked": res.data_checked})
+                    "pinned": res.pinned, "data_checked": res.data_checked, "stale": stale})
     else:
         who = "the given public key" if res.pinned else "the key in the record (pass --pub to check who signed)"
         out_console().print(f"[green]good signature[/] on {res.version} by {', '.join(res.keyids)} ({who}); "
                             f"{res.subjects} files" + (", every byte re-read" if res.data_checked else ""))
+        for x in res.stale:
+            when = f"signed {x.signed_at}" if x.signed_at else "signed earlier"
+            out_console().print(f"  stale: record {x.event_id[:16]} by key {x.keyid} ({when}, superseded by a "
+                                f"newer signature): {x.changed}", markup=False, highlight=False)
