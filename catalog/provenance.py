@@ -249,10 +249,13 @@ class TagOnRemovedVersionError(NotFoundError):
     """``NAME@TAG`` names a tag whose version was removed: it points at nothing that can be read."""
 
     def __init__(self, model: str, tag: str, version: str | None, version_id: str):
-        what = f"{model}@{version}" if version else f"version {version_id[:16]} of {model}"
-        super().__init__(f"tag {tag!r} of {model} points at {what}, which was removed",
-                         hint=f"move the tag with `weightvault tag {model}@N {tag}`, or delete it with "
-                              f"`weightvault tag {model} {tag} --delete`")
+        if version:
+            msg = f"tag {tag!r} of {model} points at {model}@{version}, which was removed"
+        else:  # not in the removal records: its ref went another way (unreadable: verify lists it)
+            msg = (f"tag {tag!r} of {model} points at version {version_id[:16]}, which has no readable ref "
+                   f"(removed, or its ref is damaged: `weightvault verify` lists it)")
+        super().__init__(msg, hint=f"move the tag with `weightvault tag {model}@N {tag}`, or delete it with "
+                                   f"`weightvault tag {model} {tag} --delete`")
         self.model, self.tag, self.version, self.version_id = model, tag, version, version_id
 
 

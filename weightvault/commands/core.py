@@ -401,8 +401,8 @@ def cmd_verify(args):
         if rep.ok:
             c.print("[green]all chunks intact[/]")
         elif rep.broken_versions:
-            refs = " ".join(v for v, _ in rep.broken_versions)
-            err_console().print(f"→ a version whose manifest is lost cannot be restored: `weightvault rm {refs}` "
+            cmds = "; ".join(f"weightvault rm {v}" for v, _ in rep.broken_versions)
+            err_console().print(f"→ a version whose manifest or ref cannot be read cannot be restored: `{cmds}` "
                                 "removes it (its history is kept)", markup=False)
     return 0 if rep.ok else 5
 
