@@ -50,8 +50,9 @@ def check_relative(path: str) -> str:
 _RESTORE_HINT = "a restore never writes through a symlink: remove it, or restore into another folder"
 
 
-def safe_target(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` under ``root`` without following symlinks, creating parents.
+def safe_target(root: Path, rel: str, *, create: bool = True) -> Path:
+    """Resolve ``rel`` under ``root`` without following symlinks, creating parents (with
+    ``create=False`` only checking what exists: a restore checks every target before it writes).
 
     Raises UnsafePathError when a name is unsafe or a parent is a symlink or
     not a folder (a restore must never write outside ``root``).
@@ -63,7 +64,8 @@ def safe_target(root: Path, rel: str) -> Path:
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            os.mkdir(current)
+            if create:
+                os.mkdir(current)
             continue
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             raise UnsafePathError(rel, f"{current} is a symlink or not a folder", hint=_RESTORE_HINT)

@@ -127,7 +127,8 @@ def restore_file(store: Store, entry: FileEntry, target: Path, *, pool=None, pro
         os.replace(tmp, target)
     except OSError as e:
         if e.errno == 28:  # ENOSPC
-            raise DiskFullError(str(target)) from e
+            raise DiskFullError(str(target), hint="free some space, then rerun the restore with --force (the "
+                                "files already restored are whole and verified; --force writes them again)") from e
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -185,12 +186,17 @@ def restore(
         raise InvalidInputError(f"{dest} is a file, not a folder",
                                 hint="restore into a folder (it is created if missing)")
     _check_outside_store(store, dest, entries)
+    # Every target is checked before anything is written or created: a refused restore leaves the
+    # folder as it was.
+    for e in entries:
+        t = paths.safe_target(dest, e.path, create=False)
+        if os.path.isdir(t):
+            raise AlreadyExistsError(f"{t} is a folder, and {ref} has a file there",
+                                     hint="move that folder away, or restore into another folder")
+        if not force and os.path.lexists(t):
+            raise AlreadyExistsError(f"{t} already exists", hint="restore into an empty folder, or pass --force")
     dest.mkdir(parents=True, exist_ok=True)
     targets = [(e, paths.safe_target(dest, e.path)) for e in entries]
-    if not force:
-        for e, t in targets:
-            if os.path.lexists(t):
-                raise AlreadyExistsError(f"{t} already exists", hint="restore into an empty folder, or pass --force")
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(e.size for e in entries))
     total = 0

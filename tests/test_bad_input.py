@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import store_snapshot_state, toy_tensors, write_model
+from conftest import store_snapshot_state, toy_tensors, tree_files, write_model
 from weightvault.archive import paths
 from weightvault.archive.safetensors_header import parse_header_bytes
 from weightvault.errors import (
@@ -132,6 +132,26 @@ def test_restore_onto_a_file_names_it_and_leaves_it_alone(vault, toy_model, tmp_
     assert len(r.err.strip().splitlines()) == 1
     assert f"{target} is a file, not a folder" in r.err and "restore into a folder" in r.err
     assert target.read_text() == "keep me"
+
+
+def test_a_refused_restore_leaves_the_target_folder_as_it_was(vault, tmp_path, cli):
+    """A file of the version where the target has a folder (even with --force), or a file already
+    there (without it): refused before anything is written or created, naming the path."""
+    src = write_model(tmp_path / "src", toy_tensors(0), files={"sub/deep/x.txt": "hi", "top.txt": "t"})
+    vault.snapshot(src, "nest")
+    out = tmp_path / "out"
+    (out / "top.txt").mkdir(parents=True)
+    r = cli("restore", "nest@1", out, "--force")
+    assert r.rc == 4 and len(r.err.strip().splitlines()) == 1, r
+    assert f"{out / 'top.txt'} is a folder" in r.err and "Traceback" not in r.err and ".wv-" not in r.err, r
+    assert sorted(p.name for p in out.rglob("*")) == ["top.txt"]  # nothing restored, nothing created
+    (out / "top.txt").rmdir()
+    (out / "top.txt").write_text("old")
+    r = cli("restore", "nest@1", out)
+    assert r.rc == 4 and "already exists" in r.err, r
+    assert sorted(p.name for p in out.rglob("*")) == ["top.txt"]  # sub/deep was created before the refusal
+    assert cli("restore", "nest@1", out, "--force").rc == 0
+    assert tree_files(out) == tree_files(src)
 
 
 def test_unknown_store_format_is_refused(tmp_path, cli):

@@ -96,3 +96,13 @@ def test_a_full_disk_after_the_commit_says_the_version_is_archived(vault, store_
     assert check_consistent(store_dir) == []
     rows = cli("sql", "SELECT model, version FROM versions", "--json")  # the next command catches up
     assert rows.rc == 0 and rows.json() == [{"model": "m", "version": "1"}], rows
+
+
+def test_a_restore_onto_a_full_disk_says_to_finish_with_force(small_fs, tmp_path, cli):
+    """The rerun the hint asked for was refused ("already exists"): the hint names --force."""
+    store = tmp_path / "store"
+    big = _noise_model(tmp_path / "big", 24, 3)  # 24 MiB of noise does not fit the 20 MiB file system
+    assert cli("snapshot", big, "--model", "big", store=store).rc == 0
+    r = cli("restore", "big@1", small_fs / "r", store=store)
+    assert r.rc == DiskFullError.exit_code and "--force" in r.err and len(r.err.strip().splitlines()) == 1, r
+    assert not [p for p in (small_fs / "r").rglob("*") if p.name.startswith(".wv-")]
