@@ -172,13 +172,98 @@ def scan_folder(root: Path, exclude: tuple[str, ...] = ()) -> list[SourceFile]:
     return out
 
 
+_OPCODE_LIMIT = 100_000  # opcodes walked; a longer valid run is a pickle
+_TEXT_BUDGET = 64 << 20  # bytes of protocol-0 text lines read; past it, a pickle
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+
+
 def looks_pickled(path: Path) -> bool:
-    if not path.name.lower().endswith(PICKLE_SUFFIXES):
+    """Whether a file with a pickle suffix is a pickle (refused unless --convert-pickle).
+
+    ``.pkl``/``.pickle`` always count. A ``.bin .pt .pth .ckpt`` counts when it is a zip
+    (torch.save since 1.6), starts with the protocol 2+ PROTO opcode, or (protocol 0/1 has no
+    header) its bytes walk as pickle opcodes from the start to an import (GLOBAL/INST naming a
+    dotted identifier pair, STACK_GLOBAL on two pushed strings), to a STOP on the file's last byte,
+    or past 100,000 opcodes. Length-prefixed arguments are skipped, not read, so a long string
+    cannot hide what follows it. Real binaries (word2vec, GGUF, raw tensor dumps) reach an invalid
+    opcode or a length past the end of the file first.
+    """
+    name = path.name.lower()
+    if not name.endswith(PICKLE_SUFFIXES):
         return False
+    if name.endswith((".pkl", ".pickle")):
+        return True
     with open(path, "rb") as f:
         magic = f.read(4)
-    # zip (torch.save since 1.6) or a pickle protocol-2+ opcode
-    return magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"
+        # zip (torch.save since 1.6) or the PROTO opcode (protocol 2+ pickles, legacy torch.save)
+        # with a protocol the unpickler accepts (0-5)
+        if magic.startswith(b"PK\x03\x04") or (magic[:1] == b"\x80" and magic[1:2] in bytes(range(6))):
+            return True
+        f.seek(0)
+        return _walks_as_pickle(f, os.fstat(f.fileno()).st_size)
+
+
+def _walks_as_pickle(f, size: int) -> bool:
+    import pickletools
+    import re
+    import struct
+
+    lengths = {pickletools.TAKEN_FROM_ARGUMENT1: "<B", pickletools.TAKEN_FROM_ARGUMENT4: "<i",
+               pickletools.TAKEN_FROM_ARGUMENT4U: "<I", pickletools.TAKEN_FROM_ARGUMENT8U: "<Q"}
+    budget = _TEXT_BUDGET
+
+    def skip_line() -> bool:  # past the next newline; False when the file ends first
+        nonlocal budget
+        while budget > 0:
+            part = f.readline(1 << 20)
+            budget -= len(part)
+            if part.endswith(b"\n"):
+                return True
+            if not part:
+                return False
+        raise OverflowError  # a text line past the budget: treated as a pickle
+
+    def name() -> bool:  # a GLOBAL/INST operand line: a dotted identifier
+        text = f.readline(4096)
+        return text.endswith(b"\n") and re.fullmatch(_IDENT, text[:-1].decode("latin-1")) is not None
+
+    pushed: list[str] = []  # the last two values pushed: "str" or "other"
+    try:
+        for n in range(1, _OPCODE_LIMIT + 1):
+            code = f.read(1)
+            op = pickletools.code2op.get(code.decode("latin-1")) if code else None
+            if op is None:
+                return False  # not an opcode, or the end of the file before a STOP
+            arg = op.arg
+            if arg is None:
+                pass
+            elif arg.n >= 0:
+                if len(f.read(arg.n)) != arg.n:
+                    return False
+            elif arg.n == pickletools.UP_TO_NEWLINE:
+                if op.name in ("GLOBAL", "INST"):
+                    return name() and name()
+                if not skip_line():
+                    return False
+            else:
+                fmt = lengths[arg.n]
+                raw = f.read(struct.calcsize(fmt))
+                if len(raw) != struct.calcsize(fmt):
+                    return False
+                (length,) = struct.unpack(fmt, raw)
+                if length < 0 or f.tell() + length > size:
+                    return False
+                f.seek(length, os.SEEK_CUR)  # skipped, not read
+            if op.name == "STACK_GLOBAL":
+                return pushed == ["str", "str"]
+            if op.name == "STOP":
+                return n > 1 and f.tell() == size  # a whole pickle, nothing after it
+            if op.name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"):
+                strs = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "GET", "BINGET", "LONG_BINGET")
+                pushed = (pushed + ["str" if op.name in strs else "other"])[-2:]
+    except OverflowError:
+        return True
+    return True  # _OPCODE_LIMIT valid opcodes
 
 
 def plan_segments(src: SourceFile, chunk_size: int):
@@ -487,6 +572,12 @@ def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None 
     files = files if files is not None else scan_folder(source, tuple(exclude))
     if not files:
         raise InvalidInputError(f"{source} has no files to archive")
+    seen_rel: set[str] = set()
+    for f in files:  # two entries with one path: one file's bytes lost, the version unindexable
+        if f.rel in seen_rel:
+            raise InvalidInputError(f"{f.rel}: two files would be archived under this name (listed twice)",
+                                    hint="--exclude one of them")
+        seen_rel.add(f.rel)
     for f in files:
         if looks_pickled(f.path):
             raise PickleRefusedError(f.rel)

@@ -153,7 +153,11 @@ class Vault:
             if convert:  # pickles -> scanned, weights_only load, safetensors (archive/pickle_convert.py)
                 from weightvault.archive.pickle_convert import converted
 
-                with converted(source, kw) as ckw:
+                from weightvault.archive.backend import LocalBackend
+
+                # local stores: in the store's tmp/ (same file system, swept by gc), not $TMPDIR
+                tmp_dir = self.store.root / LocalBackend.TMP if isinstance(self.store.backend, LocalBackend) else None
+                with converted(source, kw, tmp_dir=tmp_dir) as ckw:
                     result = snapshot(self.store, source, model, **ckw)
             else:
                 result = snapshot(self.store, source, model, **kw)
