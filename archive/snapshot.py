@@ -580,7 +580,10 @@ def prepare(store: Store, source, *, exclude=(), files: list[SourceFile] | None 
         seen_rel.add(f.rel)
     for f in files:
         if looks_pickled(f.path):
-            raise PickleRefusedError(f.rel)
+            from weightvault.archive.pickle_convert import _hint_for
+
+            hint = _hint_for(f.rel)  # training_args.bin and friends: not weights, just leave them out
+            raise PickleRefusedError(f.rel, **({"hint": hint} if hint else {}))
     plans = [(f, *plan_segments(f, store.chunk_size)) for f in files]
     return files, plans, card.read_metadata(files)
 

@@ -346,6 +346,11 @@ def test_training_args_refusal_just_says_exclude_it(tmp_path, vault, cli):
     line = _one_line(r)
     assert "training_args.bin" in line and "--exclude 'training_args.bin'" in line and "sandbox" not in line
     assert cli("snapshot", folder, "--model", "ta", "--convert-pickle", "--exclude", "training_args.bin").rc == 0
+    # without --convert-pickle the hint is the same, not "pass --convert-pickle"
+    (folder / "pytorch_model.bin").unlink()
+    r = cli("snapshot", folder, "--model", "ta2")
+    line = _one_line(r)
+    assert r.rc == 4 and "--exclude 'training_args.bin'" in line and "--convert-pickle" not in line, r
 
 
 def test_zip_shape_checks_still_refuse_compressed_members(tmp_path, vault, cli):
