@@ -303,13 +303,16 @@ def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, pro
     real = pyarrow.parquet.ParquetWriter.write_table
     writes = []
 
-    def write_then_ctrl_c(self, table, *a, **kw):
-        real(self, table, *a, **kw)
-        writes.append(table.num_rows)
-        if len(writes) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, inside the write's block
+    def ctrl_c_once(rows: int):
+        """write_table that sends a real SIGINT once ``rows`` rows are in the file."""
+        def write(self, table, *a, **kw):
+            real(self, table, *a, **kw)
+            writes.append(table.num_rows)
+            if sum(writes) == rows:
+                os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, inside the write's block
+        return write
 
-    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", write_then_ctrl_c)
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", ctrl_c_once(4))
     out = tmp_path / "o.parquet"
     with pytest.raises(distill.DistillInterrupted) as e:
         distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
@@ -323,14 +326,7 @@ def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, pro
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the same Ctrl-C during the last batch: the file is whole, so it is OUT and recorded complete
     writes.clear()
-
-    def last_write_then_ctrl_c(self, table, *a, **kw):
-        real(self, table, *a, **kw)
-        writes.append(table.num_rows)
-        if sum(writes) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", last_write_then_ctrl_c)
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", ctrl_c_once(5))
     out = tmp_path / "whole.parquet"
     with pytest.raises(distill.DistillInterrupted) as e:
         distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
