@@ -73,21 +73,35 @@ class Catalog:
 
     # -- low level -------------------------------------------------------------
 
-    def _connect(self, read_only: bool):
+    def _connect(self, read_only: bool, *, sandboxed: bool = False):
+        """A connection to the catalog file; ``sandboxed``: the file attached read-only into a
+        private in-memory database with file access off and settings locked (see :meth:`read`).
+        Another program holding the file (a duckdb shell) is waited for, then named."""
         duckdb = duckdb_module()
         deadline = time.monotonic() + (self.lock_timeout if self.lock_timeout is not None else 60)
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return self._sandbox() if sandboxed else duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as e:
-                # Another program (a duckdb shell) holds the file: wait, then name it.
                 if "lock" not in str(e).lower():
                     raise
                 if time.monotonic() >= deadline:
                     raise LockBusyError(f"catalog {self.path}", str(e).split("\n")[0]) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    def _sandbox(self):
+        con = duckdb_module().connect(":memory:")
+        try:
+            con.execute(f"ATTACH '{str(self.path).replace(chr(39), chr(39) * 2)}' AS catalog (READ_ONLY)")
+            con.execute("USE catalog")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            return con
+        except BaseException:
+            con.close()
+            raise
 
     def _quarantine(self, err: Exception) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -172,14 +186,14 @@ class Catalog:
         with self.write(op="catalog sync") as con:
             return indexer.sync(con, self.store, chunk_info=chunk_info)
 
-    def _current_connection(self):
+    def _current_connection(self, sandboxed: bool = False):
         """A read-only connection when the catalog is in step with the store, else None (missing,
         stale, behind on migrations, or damaged: the caller syncs). The caller holds the shared lock."""
         if not self.path.exists():
             return None
         duckdb = duckdb_module()
         try:
-            con = self._connect(read_only=True)
+            con = self._connect(read_only=True, sandboxed=sandboxed)
         except duckdb.Error:
             return None
         try:
@@ -206,11 +220,8 @@ class Catalog:
         process keeps its file access.
         """
         with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
-            con = self._current_connection()
+            con = self._current_connection(sandboxed)
             if con is not None:
-                if sandboxed:
-                    con.close()
-                    con = self._sandboxed()
                 try:
                     yield con
                 finally:
@@ -222,35 +233,11 @@ class Catalog:
             self._private_copy()
             self.sync()
         with self.lock.held(shared=True, timeout=self.lock_timeout, op="catalog read"):
-            con = self._sandboxed() if sandboxed else self._connect(read_only=True)
+            con = self._connect(read_only=True, sandboxed=sandboxed)
             try:
                 yield con
             finally:
                 con.close()
-
-    def _sandboxed(self):
-        duckdb = duckdb_module()
-        deadline = time.monotonic() + (self.lock_timeout if self.lock_timeout is not None else 60)
-        delay = 0.01
-        while True:
-            con = duckdb.connect(":memory:")
-            try:
-                con.execute(f"ATTACH '{str(self.path).replace(chr(39), chr(39) * 2)}' AS catalog (READ_ONLY)")
-                con.execute("USE catalog")
-                con.execute("SET enable_external_access = false")
-                con.execute("SET lock_configuration = true")
-                return con
-            except duckdb.IOException as e:
-                con.close()
-                if "lock" not in str(e).lower():  # another program holds the file: wait, then name it
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LockBusyError(f"catalog {self.path}", str(e).split("\n")[0]) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-            except BaseException:
-                con.close()
-                raise
 
     def rebuild(self) -> tuple[int, int, int]:
         """Recreate the catalog from the store alone (exclusive store lock)."""

@@ -331,9 +331,7 @@ def export_catalog(vault, folder, *, views: bool = False, check=None) -> list[di
             check_foreign_exports(previous, files, lambda f: os.path.lexists(out_dir / f), out_dir)
             # Written ahead, listing what the last export wrote and what this one will: an export
             # stopped part-way leaves files its rerun knows as its own (the final list follows).
-            ahead = [d for d in (previous or {}).get("files", []) if isinstance(d, dict)] \
-                if isinstance(previous, dict) and isinstance(previous.get("files"), list) else []
-            ahead += [{"file": f} for f in files]
+            ahead = _listed(previous) + [{"file": f} for f in files]
             tmp_list = out_dir / f".{EXPORT_LIST}.tmp"
             tmp_list.write_bytes(json.dumps({"files": ahead, "complete": False}).encode())
             tmp_list.replace(listed)
@@ -366,15 +364,20 @@ def export_list(done: list[dict]) -> bytes:
     return json.dumps({"written_by": f"weightvault {__version__}", "files": files}, indent=1).encode() + b"\n"
 
 
+def _listed(previous) -> list[dict]:
+    """The file entries of a previous ``_export.json`` (nothing when it is missing or malformed)."""
+    if not isinstance(previous, dict) or not isinstance(previous.get("files"), list):
+        return []
+    return [f for f in previous["files"] if isinstance(f, dict)]
+
+
 def check_foreign_exports(previous, files: list[str], exists, where) -> None:
     """Refuse an export that would replace a file no earlier export listed in ``_export.json``
     (one of the user's, or an export's whose list was lost): ``exists(name)`` tells whether
     ``name`` is there."""
     from weightvault.errors import AlreadyExistsError
 
-    ours = set()
-    if isinstance(previous, dict) and isinstance(previous.get("files"), list):
-        ours = {f.get("file") for f in previous["files"] if isinstance(f, dict)}
+    ours = {f.get("file") for f in _listed(previous)}
     for name in files:
         if name not in ours and exists(name):
             raise AlreadyExistsError(
@@ -388,12 +391,10 @@ def stale_exports(previous, done: list[dict]) -> list[str]:
     ``<name>.parquet`` names are returned, whatever the old list says."""
     import re
 
-    if not isinstance(previous, dict) or not isinstance(previous.get("files"), list):
-        return []
     now = {f"{d['table']}.parquet" for d in done}
     out = []
-    for f in previous["files"]:
-        name = f.get("file") if isinstance(f, dict) else None
+    for f in _listed(previous):
+        name = f.get("file")
         if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+\.parquet", name) and name not in now:
             out.append(name)
     return sorted(set(out))
