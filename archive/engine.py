@@ -29,6 +29,8 @@ from weightvault.errors import IntegrityError
 # Other versions searched for a cast source (beyond the parent); bounds the
 # manifests read per snapshot of a model with a long history.
 MAX_CAST_SOURCES = 8
+# dtypes whose deltas may use the exponent-ordered codecs (archive/delta.py)
+EXP_DTYPES = ("F32", "BF16", "F16")
 DELTA_ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2}
 
 
@@ -106,7 +108,8 @@ class Encoder:
         if base is None:
             return None
         order = (delta.XOR, delta.SUB) if itemsize == 2 else (delta.SUB, delta.XOR)
-        return delta.encode(raw, chunk_id, base, base_id, itemsize=itemsize, base_depth=depth, codecs_to_try=order)
+        return delta.encode(raw, chunk_id, base, base_id, itemsize=itemsize, base_depth=depth, codecs_to_try=order,
+                            floats=seg.dtype in EXP_DTYPES)
 
     def _try_cast(self, raw, chunk_id, seg):
         """The smallest cast of this piece from an archived fp32 tensor, and the version it is from.

@@ -72,8 +72,10 @@ def test_codecs_round_trip_any_dtype_and_size(dtype, data, n, seed):
     # a delta against any same-length base, and a cast against any fp32 base
     base = rng.integers(0, 256, len(raw), dtype=np.uint8).tobytes()
     bid = ids.content_id(base)
-    for codecs_to_try in ((delta.XOR,), (delta.SUB,)):
+    forced = ((delta.XOR_EXP,), (delta.SUB_EXP,)) if size in (2, 4) else ()
+    for codecs_to_try in ((delta.XOR,), (delta.SUB,), *forced):
         d = delta.encode(raw, cid, base, bid, itemsize=size, codecs_to_try=codecs_to_try)
+        assert d.codec == codecs_to_try[0]
         assert round_trip(raw, d, {bid: base}.__getitem__) == raw
     if dtype in cast.RECIPES:
         fbase = rng.integers(0, 256, 2 * len(raw), dtype=np.uint8).tobytes()
@@ -121,6 +123,86 @@ def test_delta_round_trip_is_byte_exact_and_small():
     assert round_trip(raw, d, {bid: base}.__getitem__) == raw
     full = codecs.encode_chunk(raw, cid, dtype="F32")
     assert len(d.container) < 0.8 * len(full.container)
+
+
+def fine_tune_like(n: int, seed: int, dtype: str = "F32") -> tuple[bytes, bytes]:
+    """(new, base): weights of varied magnitude, each moved by a change of one scale (as an optimizer
+    does), so that small weights move by many more units in the last place than large ones."""
+    rng = np.random.default_rng(seed)
+    old = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    new = (old + rng.standard_normal(n).astype(np.float32) * np.float32(2e-4)).astype(np.float32)
+    if dtype == "BF16":
+        old, new = ((x.view(np.uint32) >> 16).astype("<u2") for x in (old, new))
+    return new.tobytes(), old.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16"])
+def test_exponent_segmented_delta_is_smaller_and_byte_exact(dtype):
+    itemsize = 4 if dtype == "F32" else 2
+    raw, base = fine_tune_like(1 << 17, 11, dtype)
+    cid, bid = ids.content_id(raw), ids.content_id(base)
+    order = (delta.SUB, delta.XOR) if itemsize == 4 else (delta.XOR, delta.SUB)
+    plain = delta.encode(raw, cid, base, bid, itemsize=itemsize, codecs_to_try=order)
+    exp = delta.encode(raw, cid, base, bid, itemsize=itemsize, codecs_to_try=order, floats=True)
+    assert exp.codec == delta._EXP[plain.codec]
+    h = codecs.parse_container(exp.container, cid)
+    cuts = [int(x) for x in h.meta["cuts"].split(",")]
+    segs = delta.segment_sizes(delta.key_counts(base, itemsize), cuts)
+    assert len(segs) > 1 and min(segs) >= delta.MIN_SEG and sum(segs) == len(raw) // itemsize
+    assert len(exp.container) < 0.99 * len(plain.container)
+    delta.BASES._d.pop(bid, None)
+    assert round_trip(raw, exp, {bid: base}.__getitem__) == raw
+    # a piece too small for two segments keeps the plain codec
+    small = delta.encode(raw[:1000 * itemsize], ids.content_id(raw[:1000 * itemsize]), base[:1000 * itemsize],
+                         ids.content_id(base[:1000 * itemsize]), itemsize=itemsize, floats=True)
+    assert small.codec in (delta.XOR, delta.SUB)
+
+
+def test_exponent_segmented_delta_with_bad_cuts_is_refused():
+    raw, base = fine_tune_like(1 << 16, 12)
+    cid, bid = ids.content_id(raw), ids.content_id(base)
+    enc = delta.encode(raw, cid, base, bid, itemsize=4, floats=True)
+    h = codecs.parse_container(enc.container, cid)
+    streams = {k: enc.container[b:e] for k, (b, e) in h.streams.items()}
+    cuts = [int(x) for x in h.meta["cuts"].split(",")]
+    assert len(cuts) >= 2
+
+    def evil(**meta):
+        m = {key: val for key, val in dict(h.meta, **meta).items() if val is not None}
+        return build_file({k: ("U8", (len(v),), v) for k, v in streams.items()}, m)
+
+    get = {bid: base}.__getitem__
+    for bad, why in ((None, "lacks valid cuts"), ("x", "lacks valid cuts"), ("1,5", "not ascending"),
+                     ("0,5,5", "not ascending"), ("0,256", "not ascending"), ("0,9,3", "not ascending"),
+                     ("0", "parameters do not fit")):
+        with pytest.raises(ChunkCorruptError, match=why):
+            codecs.decode_chunk(evil(cuts=bad), cid, get)
+    # cuts moved by one key: as many streams, other sizes
+    moved = ",".join(map(str, [0, *(c + 1 for c in cuts[1:])]))
+    with pytest.raises(ChunkCorruptError, match="stream 'p0"):
+        codecs.decode_chunk(evil(cuts=moved), cid, get)
+    with pytest.raises(ChunkCorruptError):  # a plain delta's decoder never reads an -exp container
+        codecs.decode_chunk(evil(codec=delta.SUB, cuts=None), cid, get)
+    assert codecs.decode_chunk(enc.container, cid, get) == raw
+
+
+def test_snapshot_of_a_fine_tune_stores_exponent_segmented_deltas(vault, tmp_path):
+    t = toy_tensors(seed=13, width=256)
+    write_model(tmp_path / "v1", t)
+    vault.snapshot(tmp_path / "v1", "toy")
+    rng = np.random.default_rng(14)
+    t2 = {k: ((v + rng.standard_normal(v.shape).astype(np.float32) * np.float32(1e-3)).astype(np.float32)
+              if v.dtype == np.float32 else v) for k, v in t.items()}
+    write_model(tmp_path / "v2", t2)
+    r2 = vault.snapshot(tmp_path / "v2", "toy")
+    used = {i[2] for i in r2.stats.new_chunk_info.values()}
+    assert delta.SUB_EXP in used  # the 256x256 pieces
+    assert used & {delta.SUB, delta.XOR}  # the biases: too small for segments
+    delta.BASES._d.clear()
+    vault.restore(f"toy@{r2.version}", tmp_path / "out")
+    assert tree_files(tmp_path / "out") == tree_files(tmp_path / "v2")
+    codec_rows = dict(vault.sql("SELECT codec, count(*) FROM chunks GROUP BY codec")[1])
+    assert codec_rows.get(delta.SUB_EXP, 0) >= 1
 
 
 def test_delta_whose_base_is_missing_names_the_base(vault, tmp_path):

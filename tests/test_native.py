@@ -104,6 +104,62 @@ def test_planes_split_and_join_match_numpy(itemsize, mode):
 
 
 @needs_native
+@pytest.mark.parametrize("itemsize", [2, 4])
+@pytest.mark.parametrize("mode", [XOR, SUB])
+@pytest.mark.parametrize("n", [1, 7, 70_001])
+def test_exponent_segmented_planes_match_numpy(itemsize, mode, n):
+    """delta-*-exp: the C counting sort puts every element where numpy's stable argsort does."""
+    w = weights(n, seed=n + mode, wild=0.01)
+    raw32 = w.tobytes()
+    base32 = (w * np.float32(1.001) + np.float32(1e-6)).astype(np.float32).tobytes()
+    if itemsize == 2:  # bf16 bit patterns
+        raw, base = ((np.frombuffer(x, np.uint32) >> 16).astype("<u2").tobytes() for x in (raw32, base32))
+    else:
+        raw, base = raw32, base32
+    counts = np.frombuffer(native.exp_counts(base, itemsize), "<u8")
+    assert counts.tolist() == np.bincount(delta.exp_keys(base, itemsize), minlength=256).tolist()
+    plain = delta.transform(raw, base, itemsize, delta.XOR if mode == XOR else delta.SUB)
+    for cuts in ([0], delta.exp_cuts(counts.tolist(), 1000), list(range(256)), [0, 120, 121, 127]):
+        smap = delta.segment_map(cuts)
+        planes = native.planes_split(raw, base, itemsize, mode, smap)
+        ref = delta._planes(plain[delta.segment_order(base, itemsize, smap)], itemsize)
+        assert list(planes) == [ref[f"p{k}"].tobytes() for k in range(itemsize)]
+        assert native.planes_join(planes, base, mode, None, smap) == raw
+        dest = bytearray(len(raw))
+        assert native.planes_join(planes, base, mode, dest, smap) is True and bytes(dest) == raw
+    if n > 1000:  # the partition is the base's: joined against another base, elements land elsewhere
+        other = bytes(reversed(base))
+        assert native.planes_join(planes, other, mode, None, smap) != raw
+
+
+def test_exp_cuts_close_segments_on_key_boundaries():
+    counts = [0] * 256
+    counts[100], counts[101], counts[102], counts[103], counts[200] = 5, 10, 3, 20, 2
+    assert delta.exp_cuts(counts, 10) == [0, 102]  # [0..101] holds 15; [102..] 25
+    assert delta.exp_cuts(counts, 16) == [0, 103]  # the tail [103..] (22) stands alone
+    assert delta.exp_cuts(counts, 23) == [0]  # a short tail joins the segment before it
+    assert delta.exp_cuts([0] * 256, 10) == [0]
+    assert delta.segment_sizes(counts, [0, 102]) == [15, 25]
+    smap = delta.segment_map([0, 102, 200])
+    assert len(smap) == 256 and smap[101] == 0 and smap[102] == 1 and smap[199] == 1 and smap[255] == 2
+
+
+@needs_native
+def test_segment_maps_need_a_base_and_a_float_itemsize():
+    smap = bytes(256)
+    for itemsize, mode in ((1, SUB), (8, XOR), (4, NONE)):
+        with pytest.raises(ValueError):
+            native.planes_split(b"\x00" * 8, b"\x00" * 8 if mode else None, itemsize, mode, smap)
+        with pytest.raises(ValueError):
+            native.planes_join(tuple(b"\x00" * (8 // itemsize) for _ in range(itemsize)),
+                               b"\x00" * 8 if mode else None, mode, None, smap)
+    with pytest.raises(ValueError):
+        native.planes_split(b"\x00" * 8, b"\x00" * 8, 4, SUB, bytes(255))
+    with pytest.raises(ValueError):
+        native.exp_counts(b"\x00" * 6, 4)
+
+
+@needs_native
 def test_planes_refuse_mismatched_lengths():
     with pytest.raises(ValueError):
         native.planes_split(b"\x00" * 8, b"\x00" * 4, 4, SUB)
@@ -132,6 +188,7 @@ def test_containers_are_identical_with_and_without_the_c_module(dtype, monkeypat
     fast = codecs.encode_chunk(raw, cid, dtype=dtype)
     base = (w * 1.001).astype(np.float32).tobytes() if dtype == "F32" else None
     fast_d = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4) if base else None
+    fast_x = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4, floats=True) if base else None
     from weightvault.archive import native as native_mod
 
     monkeypatch.setattr(native_mod, "native", None)
@@ -144,6 +201,11 @@ def test_containers_are_identical_with_and_without_the_c_module(dtype, monkeypat
         slow_d = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4)
         assert fast_d.container == slow_d.container
         assert codecs.decode_chunk(slow_d.container, cid, lambda _: base) == raw
+        slow_x = delta.encode(raw, cid, base, ids.content_id(base), itemsize=4, floats=True)
+        assert fast_x.codec == slow_x.codec == delta.SUB_EXP
+        assert fast_x.container == slow_x.container
+        delta.BASES._d.pop(ids.content_id(base), None)
+        assert codecs.decode_chunk(slow_x.container, cid, lambda _: base) == raw
 
 
 def test_decoding_into_a_buffer_gives_the_same_bytes_for_every_codec(tmp_path):
@@ -172,6 +234,8 @@ def test_decoding_into_a_buffer_gives_the_same_bytes_for_every_codec(tmp_path):
     tuned = (w * np.float32(1.0001)).astype(np.float32).tobytes()
     put(tuned, lambda r, c: delta.encode(r, c, f32, base_id, itemsize=4, codecs_to_try=(delta.SUB,)))
     put(tuned, lambda r, c: delta.encode(r, c, f32, base_id, itemsize=4, codecs_to_try=(delta.XOR,)))
+    tuned2 = (w * np.float32(1.0002)).astype(np.float32).tobytes()
+    put(tuned2, lambda r, c: delta.encode(r, c, f32, base_id, itemsize=4, codecs_to_try=(delta.SUB,), floats=True))
     bf16 = cast.apply("bf16-rne", f32).tobytes()
     put(bf16, lambda r, c: cast.encode(r, c, "BF16", f32, base_id))
     store.backend.flush()
@@ -181,7 +245,7 @@ def test_decoding_into_a_buffer_gives_the_same_bytes_for_every_codec(tmp_path):
         dest = bytearray(len(raw))
         store.read_chunk_into(cid, dest)
         assert bytes(dest) == raw == store.read_chunk(cid)
-    assert {"fsplit", "zstd", "bytegroup", "cast", "delta-sub"} <= seen
+    assert {"fsplit", "zstd", "bytegroup", "cast", "delta-sub", "delta-sub-exp"} <= seen
 
 
 def test_decoding_into_a_buffer_refuses_a_damaged_chunk(tmp_path):
