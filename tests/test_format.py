@@ -22,8 +22,9 @@ DATA = Path(__file__).parent / "data"
 
 # golden-store-v1: core codecs (raw, zstd, bytegroup); golden-store-v1-engine: the engine's
 # codecs (fsplit, delta-sub, cast), written by weightvault 0.1 and never rewritten;
-# golden-store-v1-rans: fsplit and delta streams of kind rans (tests/data/make_golden_rans.py).
-FROZEN = ["golden-store-v1", "golden-store-v1-engine", "golden-store-v1-rans"]
+# golden-store-v1-rans: fsplit and delta streams of kind rans (tests/data/make_golden_rans.py);
+# golden-store-v1-exp: exponent-segmented deltas, fp32 and bf16 (tests/data/make_golden_exp.py).
+FROZEN = ["golden-store-v1", "golden-store-v1-engine", "golden-store-v1-rans", "golden-store-v1-exp"]
 
 
 @pytest.fixture(params=FROZEN)
@@ -51,6 +52,15 @@ def test_frozen_rans_store_holds_rans_streams_in_fsplit_and_delta_chunks(tmp_pat
         if "rans" in meta.get("kinds", "").split(","):
             found.add(meta["codec"])
     assert {"fsplit", "delta-sub"} <= found
+
+
+def test_frozen_exp_store_holds_both_segmented_delta_codecs(tmp_path):
+    shutil.copytree(DATA / "golden-store-v1-exp", tmp_path / "g")
+    v = Vault.open(tmp_path / "g", create=False)
+    metas = [v.store.chunk_header(i.key.rsplit("/", 1)[-1])[0].meta for i in v.store.list_chunks()]
+    segmented = {m["codec"]: m["cuts"] for m in metas if "cuts" in m}
+    assert set(segmented) == {"delta-sub-exp", "delta-xor-exp"}
+    assert all(len(cuts.split(",")) > 1 for cuts in segmented.values())
 
 
 def test_frozen_store_restores_byte_exact(golden, tmp_path):
