@@ -28,7 +28,7 @@ does not, so small weights move by many more ulps than large ones: coded
 together, the high planes mix those scales; coded per exponent range, each
 segment's statistics are its own. Measured on the bench series (fp32
 MiniLM, 4 MiB pieces), the changed tensors of the partial fine-tune store in
-8.36 MB instead of 8.66, the full fine-tune's in 27.74 MB instead of 28.58.
+8.36 MB instead of 8.66, the full fine-tune's in 27.70 MB instead of 28.58.
 
 The chunk's ID is still the hash of its raw bytes; decoding checks the base
 against its own ID (store.read_chunk) and the result against the chunk's ID.
@@ -54,10 +54,16 @@ _EXP = {XOR: XOR_EXP, SUB: SUB_EXP}
 _PLAIN = {XOR_EXP: XOR, SUB_EXP: SUB}
 # Segments of the exponent-segmented codecs hold at least this many elements. Measured on the
 # bench's partial / full fine-tune (changed tensors in 4 MiB pieces, MB): 8192 -> 8.348 / 27.732,
-# 16384 -> 8.357 / 27.736, 32768 -> 8.383 / 27.783, 65536 -> 8.458 / 27.960. Each segment costs a
+# 16384 -> 8.357 / 27.736, 32768 -> 8.383 / 27.783, 65536 -> 8.458 / 27.960 (without SPARSE_CHECK). Each segment costs a
 # stream header per plane and, when rANS-coded, a frequency table and lane states; 16384 is within
 # 0.1% of 8192 with half as many streams.
 MIN_SEG = 16384
+# An exponent-segmented delta smaller than this fraction of its raw size is compared with the plain
+# layout. Measured on 1M fp32 weights with a fraction f of them changed: the plain layout stores
+# smaller up to f = 0.1 (a sparse change: 784 against 2812 bytes with one weight changed, 441930
+# against 445006 at f = 0.1 with a change of 1e-3, the segmented delta at 10.6% of raw) and 0.8%
+# larger from f = 0.2 (a change of 2e-4, the segmented delta at 17.5% of raw).
+SPARSE_CHECK = 1 / 8
 # A full chunk at least every MAX_CHAIN hops: restoring the newest of a long
 # series decodes at most this many bases per chunk.
 MAX_CHAIN = 8
@@ -242,8 +248,19 @@ def encode(raw, chunk_id: str, base: bytes, base_id: str, *, itemsize: int, base
     level = codecs.FLOAT_LEVEL if level is None else level
     if len(codecs_to_try) > 1 and len(raw) >= SAMPLE_FROM:
         codecs_to_try = (_pick_by_sample(raw, base, itemsize, codecs_to_try, level),)
-    if floats and itemsize in (2, 4) and len(raw) // itemsize >= 2 * MIN_SEG:
+    segmented = floats and itemsize in (2, 4) and len(raw) // itemsize >= 2 * MIN_SEG
+    if segmented:
         codecs_to_try = tuple(_EXP.get(c, c) for c in codecs_to_try)
+    best = _encode_each(raw, chunk_id, base, base_id, itemsize, base_depth, codecs_to_try, level)
+    if segmented and best.codec in _PLAIN and len(best.container) < len(raw) * SPARSE_CHECK:
+        # a sparse change: each near-empty segment stream costs its header, and the plain layout
+        # (cheap to encode here: its planes are mostly zeros) may store smaller
+        best = min(best, _encode_each(raw, chunk_id, base, base_id, itemsize, base_depth, (_PLAIN[best.codec],),
+                                      level), key=lambda e: len(e.container))
+    return best
+
+
+def _encode_each(raw, chunk_id, base, base_id, itemsize, base_depth, codecs_to_try, level):
     best = None
     for codec in codecs_to_try:
         extra, cuts = {}, None

@@ -158,6 +158,23 @@ def test_exponent_segmented_delta_is_smaller_and_byte_exact(dtype):
     assert small.codec in (delta.XOR, delta.SUB)
 
 
+@pytest.mark.parametrize("changed", [1, 300])
+def test_a_sparse_change_keeps_the_plain_delta_layout(changed):
+    """Near-empty segment streams cost their headers: a few changed weights store smaller unsegmented."""
+    new, base = fine_tune_like(1 << 17, 15)
+    n = len(base) // 4
+    idx = np.random.default_rng(16).choice(n, changed, replace=False)
+    mixed = np.frombuffer(base, np.float32).copy()
+    mixed[idx] = np.frombuffer(new, np.float32)[idx]
+    raw = mixed.tobytes()
+    cid, bid = ids.content_id(raw), ids.content_id(base)
+    forced = delta.encode(raw, cid, base, bid, itemsize=4, codecs_to_try=(delta.SUB_EXP,))
+    chosen = delta.encode(raw, cid, base, bid, itemsize=4, floats=True)
+    assert chosen.codec in (delta.SUB, delta.XOR)
+    assert len(chosen.container) < len(forced.container)
+    assert round_trip(raw, chosen, {bid: base}.__getitem__) == raw
+
+
 def test_exponent_segmented_delta_with_bad_cuts_is_refused():
     raw, base = fine_tune_like(1 << 16, 12)
     cid, bid = ids.content_id(raw), ids.content_id(base)
