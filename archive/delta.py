@@ -53,10 +53,10 @@ XOR_EXP, SUB_EXP = "delta-xor-exp", "delta-sub-exp"
 _EXP = {XOR: XOR_EXP, SUB: SUB_EXP}
 _PLAIN = {XOR_EXP: XOR, SUB_EXP: SUB}
 # Segments of the exponent-segmented codecs hold at least this many elements. Measured on the
-# bench's partial / full fine-tune (changed tensors in 4 MiB pieces, MB): 8192 -> 8.348 / 27.732,
-# 16384 -> 8.357 / 27.736, 32768 -> 8.383 / 27.783, 65536 -> 8.458 / 27.960 (without SPARSE_CHECK). Each segment costs a
-# stream header per plane and, when rANS-coded, a frequency table and lane states; 16384 is within
-# 0.1% of 8192 with half as many streams.
+# bench's partial / full fine-tune (changed tensors in 4 MiB pieces, MB, without SPARSE_CHECK):
+# 8192 -> 8.348 / 27.732, 16384 -> 8.357 / 27.736, 32768 -> 8.383 / 27.783, 65536 -> 8.458 /
+# 27.960. Each segment costs a stream header per plane and, when rANS-coded, a frequency table and
+# lane states; 16384 is within 0.1% of 8192 with half as many streams.
 MIN_SEG = 16384
 # An exponent-segmented delta smaller than this fraction of its raw size is compared with the plain
 # layout. Measured on 1M fp32 weights with a fraction f of them changed: the plain layout stores
