@@ -347,7 +347,9 @@ enum { MODE_NONE = 0, MODE_XOR = 1, MODE_SUB = 2 };
             } else d = u;                                                               \
             for (int k = 0; k < S; k++) pl[k][i] = (uint8_t)(d >> (8 * k));             \
         }                                                                               \
-    }                                                                                   \
+    }
+
+#define DEFINE_JOIN(T, S)                                                               \
     static void join_##S(uint8_t *out, const uint8_t *base, Py_ssize_t n, int mode,     \
                          const uint8_t **pl) {                                          \
         for (Py_ssize_t i = 0; i < n; i++) {                                            \
@@ -362,9 +364,11 @@ enum { MODE_NONE = 0, MODE_XOR = 1, MODE_SUB = 2 };
     }
 
 DEFINE_SPLIT(uint8_t, 1)
-DEFINE_SPLIT(uint16_t, 2)
-DEFINE_SPLIT(uint32_t, 4)
 DEFINE_SPLIT(uint64_t, 8)
+DEFINE_JOIN(uint8_t, 1)
+DEFINE_JOIN(uint16_t, 2)
+DEFINE_JOIN(uint32_t, 4)
+DEFINE_JOIN(uint64_t, 8)
 
 /* split_4 with the planes as restrict pointers and the mode hoisted: the
  * generic loop cannot be vectorised (its byte stores may alias each other). */
@@ -431,18 +435,30 @@ static void exp_count(const uint8_t *base, Py_ssize_t n, int S, Py_ssize_t cnt[2
 /* The chunk is walked as four quarters in step, each with its own cursors
  * (cur[q][segment]: where that quarter's next element of the segment goes), so
  * that consecutive elements of one segment do not wait on each other's cursor
- * increment. Per 4 MiB fp32 chunk here: split 5.0 ms against 6.2 with one
- * cursor array, join 2.2 against 2.3 (the element-order transforms: 1.7, 0.44). */
+ * increment (per 4 MiB fp32 chunk here, before sid[] below: split 5.0 ms
+ * against 6.2 with one cursor array, join 2.2 against 2.3; with sid[], 5.3-6.0
+ * and 2.3-2.8; the element-order transforms take 1.7 and 0.44).
+ * Each element's segment is read from the base once, into sid[]: the cursors
+ * are laid out from those counts and the walk uses the same sid[], so a base
+ * buffer that changed under the released GIL can give wrong bytes (caught by
+ * the chunk's hash) but never a position outside tmp. */
 #define NQ 4
-static void seg_cursors(const uint8_t *base, Py_ssize_t n, int S, const uint8_t *map,
+static void seg_cursors(const uint8_t *base, Py_ssize_t n, int S, const uint8_t *map, uint8_t *sid,
                         Py_ssize_t cur[NQ][256], Py_ssize_t *quarter) {
     Py_ssize_t cnt[NQ][256], at = 0;
+    memset(cnt, 0, sizeof cnt);
     *quarter = n / NQ;
-    for (int q = 0; q < NQ; q++) {
-        Py_ssize_t from = q * *quarter, to = q == NQ - 1 ? n : from + *quarter, keys[256];
-        exp_count(base + from * S, to - from, S, keys);
-        memset(cnt[q], 0, sizeof cnt[q]);
-        for (int k = 0; k < 256; k++) cnt[q][map[k]] += keys[k];
+    Py_ssize_t m = *quarter;
+    for (Py_ssize_t i = 0; i < m; i++)
+        for (int q = 0; q < NQ; q++) {
+            uint8_t j = map[exp_key(base, q * m + i, S)];
+            sid[q * m + i] = j;
+            cnt[q][j]++;
+        }
+    for (Py_ssize_t i = NQ * m; i < n; i++) {
+        uint8_t j = map[exp_key(base, i, S)];
+        sid[i] = j;
+        cnt[NQ - 1][j]++;
     }
     for (int j = 0; j < 256; j++)
         for (int q = 0; q < NQ; q++) { cur[q][j] = at; at += cnt[q][j]; }
@@ -489,7 +505,7 @@ done:
             T diff_ = (T)(u_ - b_);                                                     \
             d_ = (T)((T)(diff_ << 1) ^ (T)(0 - (T)(diff_ >> (S * 8 - 1))));             \
         }                                                                               \
-        tmp[(c)[map[exp_key(base, at_, S)]]++] = d_;                                    \
+        tmp[(c)[sid[at_]]++] = d_;                                                      \
     } while (0)
 
 /* out[i] = the next element of i's segment (in tmp) OP base[i] */
@@ -498,7 +514,7 @@ done:
         Py_ssize_t at_ = (i);                                                           \
         T b_, u_;                                                                       \
         memcpy(&b_, base + at_ * S, S);                                                 \
-        u_ = (T)(tmp[(c)[map[exp_key(base, at_, S)]]++] OP b_);                         \
+        u_ = (T)(tmp[(c)[sid[at_]]++] OP b_);                                           \
         memcpy(out + at_ * S, &u_, S);                                                  \
     } while (0)
 
@@ -507,9 +523,10 @@ done:
                              int mode, const uint8_t *map, uint8_t **pl) {              \
         /* whole elements scattered into segment order, then split into planes */      \
         T *tmp = malloc((size_t)(n ? n : 1) * S);                                       \
-        if (!tmp) return -1;                                                            \
+        uint8_t *sid = malloc((size_t)(n ? n : 1));                                     \
+        if (!tmp || !sid) { free(tmp); free(sid); return -1; }                          \
         Py_ssize_t cur[NQ][256], m;                                                     \
-        seg_cursors(base, n, S, map, cur, &m);                                          \
+        seg_cursors(base, n, S, map, sid, cur, &m);                                     \
         if (mode == MODE_XOR) {                                                         \
             for (Py_ssize_t i = 0; i < m; i++)                                          \
                 for (int q = 0; q < NQ; q++) SPLIT_AT(T, S, q * m + i, cur[q], 1);      \
@@ -521,20 +538,22 @@ done:
         }                                                                               \
         split_##S##r((const uint8_t *)tmp, NULL, n, MODE_NONE, pl);                     \
         free(tmp);                                                                      \
+        free(sid);                                                                      \
         return 0;                                                                       \
     }                                                                                   \
     static int join_seg_##S(uint8_t *out, const uint8_t *base, Py_ssize_t n, int mode,  \
                             const uint8_t *map, const uint8_t **pl) {                   \
         /* the planes' elements, un-zigzagged, in segment order (a loop that vectorises) */ \
         T *tmp = malloc((size_t)(n ? n : 1) * S);                                       \
-        if (!tmp) return -1;                                                            \
+        uint8_t *sid = malloc((size_t)(n ? n : 1));                                     \
+        if (!tmp || !sid) { free(tmp); free(sid); return -1; }                          \
         for (Py_ssize_t i = 0; i < n; i++) {                                            \
             T d = 0;                                                                    \
             for (int k = 0; k < S; k++) d |= (T)((T)pl[k][i] << (8 * k));               \
             tmp[i] = mode == MODE_XOR ? d : (T)((d >> 1) ^ (T)(0 - (T)(d & 1)));        \
         }                                                                               \
         Py_ssize_t cur[NQ][256], m;                                                     \
-        seg_cursors(base, n, S, map, cur, &m);                                          \
+        seg_cursors(base, n, S, map, sid, cur, &m);                                     \
         if (mode == MODE_XOR) {                                                         \
             for (Py_ssize_t i = 0; i < m; i++)                                          \
                 for (int q = 0; q < NQ; q++) JOIN_AT(T, S, q * m + i, cur[q], ^);       \
@@ -545,6 +564,7 @@ done:
             for (Py_ssize_t i = NQ * m; i < n; i++) JOIN_AT(T, S, i, cur[NQ - 1], +);   \
         }                                                                               \
         free(tmp);                                                                      \
+        free(sid);                                                                      \
         return 0;                                                                       \
     }
 

@@ -36,6 +36,7 @@ against its own ID (store.read_chunk) and the result against the chunk's ID.
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections import OrderedDict
@@ -336,6 +337,8 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
         if len(base) != h.raw_len:
             raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
         segs = segment_sizes(key_counts(base, itemsize), cuts)
+        if not all(segs):
+            raise ChunkCorruptError(chunk_id, "delta cuts make an empty segment (the encoder never does)")
         names = [f"p{k}.{j}" for k in range(itemsize) for j in range(len(segs))]
         sizes = dict(zip(names, segs * itemsize))
     else:
@@ -369,14 +372,20 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
 
 
 def _cuts(h, itemsize: int, chunk_id: str) -> list[int]:
-    """The ``cuts`` of an exponent-segmented container: ascending keys from 0, at most 255."""
-    try:
-        cuts = [int(x) for x in h.meta["cuts"].split(",")]
-    except (KeyError, ValueError):
-        raise ChunkCorruptError(chunk_id, "delta container lacks valid cuts") from None
-    if itemsize not in (2, 4) or cuts[0] != 0 or cuts[-1] > 255 or any(a >= b for a, b in zip(cuts, cuts[1:])):
+    """The ``cuts`` of an exponent-segmented container: ascending keys from 0, at most 255, written
+    as the encoder writes them (the schema's pattern)."""
+    if itemsize not in (2, 4):
+        raise ChunkCorruptError(chunk_id, f"{h.codec} needs 2- or 4-byte elements, not {itemsize}")
+    text = h.meta.get("cuts")
+    if not isinstance(text, str) or not _CUTS.fullmatch(text):
+        raise ChunkCorruptError(chunk_id, "delta container lacks valid cuts")
+    cuts = [int(x) for x in text.split(",")]
+    if cuts[-1] > 255 or any(a >= b for a, b in zip(cuts, cuts[1:])):
         raise ChunkCorruptError(chunk_id, "delta cuts are not ascending keys from 0 to 255")
     return cuts
+
+
+_CUTS = re.compile(r"0(,[1-9][0-9]{0,2})*")
 
 
 for _codec in (XOR, SUB, XOR_EXP, SUB_EXP):

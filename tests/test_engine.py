@@ -189,11 +189,15 @@ def test_exponent_segmented_delta_with_bad_cuts_is_refused():
         return build_file({k: ("U8", (len(v),), v) for k, v in streams.items()}, m)
 
     get = {bid: base}.__getitem__
-    for bad, why in ((None, "lacks valid cuts"), ("x", "lacks valid cuts"), ("1,5", "not ascending"),
-                     ("0,5,5", "not ascending"), ("0,256", "not ascending"), ("0,9,3", "not ascending"),
-                     ("0", "parameters do not fit")):
+    for bad, why in ((None, "lacks valid cuts"), ("x", "lacks valid cuts"), ("1,5", "lacks valid cuts"),
+                     (" 0,5", "lacks valid cuts"), ("0,05", "lacks valid cuts"), ("0,+5", "lacks valid cuts"),
+                     ("0,1_2", "lacks valid cuts"), ("0,5,5", "not ascending"), ("0,256", "not ascending"),
+                     ("0,9,3", "not ascending"), ("0", "parameters do not fit"),
+                     (f"0,1,{','.join(map(str, cuts[1:]))}", "empty segment")):  # no weight has key 0
         with pytest.raises(ChunkCorruptError, match=why):
             codecs.decode_chunk(evil(cuts=bad), cid, get)
+    with pytest.raises(ChunkCorruptError, match="needs 2- or 4-byte elements"):
+        codecs.decode_chunk(evil(itemsize="8"), cid, get)
     # cuts moved by one key: as many streams, other sizes
     moved = ",".join(map(str, [0, *(c + 1 for c in cuts[1:])]))
     with pytest.raises(ChunkCorruptError, match="stream 'p0"):
