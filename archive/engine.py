@@ -29,7 +29,7 @@ from weightvault.errors import IntegrityError
 # Other versions searched for a cast source (beyond the parent); bounds the
 # manifests read per snapshot of a model with a long history.
 MAX_CAST_SOURCES = 8
-# dtypes whose deltas may use the exponent-ordered codecs (archive/delta.py)
+# dtypes whose deltas may use the exponent-segmented codecs (archive/delta.py)
 EXP_DTYPES = ("F32", "BF16", "F16")
 DELTA_ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2}
 
