@@ -36,6 +36,7 @@ against its own ID (store.read_chunk) and the result against the chunk's ID.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import threading
@@ -302,11 +303,8 @@ def _pick_by_sample(raw, base: bytes, itemsize: int, candidates: tuple[str, ...]
 
 
 def _bounds(segs: list[int]) -> list[tuple[int, int]]:
-    out, at = [], 0
-    for n in segs:
-        out.append((at, at + n))
-        at += n
-    return out
+    ends = list(itertools.accumulate(segs))
+    return list(zip([0, *ends], ends))
 
 
 def chain_depth(h: codecs.ChunkHeader) -> int:

@@ -14,7 +14,6 @@ stored each way and the median single-thread encode and decode time per piece ov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,14 +29,13 @@ CHUNK = 4 << 20
 
 def tensors(path: Path) -> dict[str, tuple[str, bytes]]:
     """name -> (dtype, raw bytes) of every tensor in a folder's safetensors files."""
+    from weightvault.archive.safetensors_header import read_header
+
     out = {}
     for f in sorted(path.glob("*.safetensors")):
         blob = f.read_bytes()
-        n = int.from_bytes(blob[:8], "little")
-        for name, t in json.loads(blob[8:8 + n]).items():
-            if name != "__metadata__":
-                begin, end = t["data_offsets"]
-                out[name] = (t["dtype"], blob[8 + n + begin:8 + n + end])
+        for t in read_header(f, len(blob)).tensors:
+            out[t.name] = (t.dtype, blob[t.begin:t.end])
     return out
 
 

@@ -35,6 +35,16 @@ def _one_line(r) -> str:
     return lines[0]
 
 
+def _refused_conversion(cli, store_dir: Path, folder: Path, model: str) -> str:
+    """`snapshot FOLDER --convert-pickle`, refused in one line (exit 4) with the store untouched: that line."""
+    before = _state(store_dir)
+    r = cli("snapshot", folder, "--model", model, "--convert-pickle")
+    assert r.rc == 4, r
+    line = _one_line(r)
+    assert _state(store_dir) == before
+    return line
+
+
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True)
     return p
@@ -55,12 +65,8 @@ def test_two_pickles_with_one_converted_name_are_refused_before_converting(tmp_p
     folder = _mkdir(tmp_path / "pc3")
     torch.save({"w": torch.zeros(2)}, folder / "model.bin")
     torch.save({"w": torch.ones(2)}, folder / "model.pt")
-    before = _state(store_dir)
-    r = cli("snapshot", folder, "--model", "pc3", "--convert-pickle")
-    assert r.rc == 4, r
-    line = _one_line(r)
+    line = _refused_conversion(cli, store_dir, folder, "pc3")
     assert "model.bin and model.pt both convert to model.safetensors" in line and "--exclude 'model.pt'" in line
-    assert _state(store_dir) == before
     # excluding one of them archives the other
     assert cli("snapshot", folder, "--model", "pc3", "--convert-pickle", "--exclude", "model.pt").rc == 0
     assert [f.path for f in vault.manifest("pc3@1").files] == ["model.safetensors"]
@@ -161,12 +167,8 @@ def test_sharded_bert_checkpoint_loads_in_transformers_after_restore(tmp_path, v
 
 def test_index_naming_a_shard_that_is_not_converted_is_refused(tmp_path, vault, store_dir, cli):
     _sharded(tmp_path / "sh", {"extra.weight": "pytorch_model-00003-of-00003.bin"})
-    before = _state(store_dir)
-    r = cli("snapshot", tmp_path / "sh", "--model", "sh", "--convert-pickle")
-    assert r.rc == 4, r
-    line = _one_line(r)
+    line = _refused_conversion(cli, store_dir, tmp_path / "sh", "sh")
     assert "pytorch_model.bin.index.json" in line and "pytorch_model-00003-of-00003.bin" in line
-    assert _state(store_dir) == before
 
 
 # -- 4. zip shape: the scanner and torch.load read the same pickle ---------------------------------
@@ -271,13 +273,9 @@ def test_real_binaries_with_a_pickle_suffix_are_still_archived(tmp_path, vault, 
 def test_error_in_a_converted_file_names_the_source(tmp_path, vault, store_dir, cli):
     folder = _mkdir(tmp_path / "pg4")
     torch.save({"": torch.ones(1)}, folder / "model.pt")
-    before = _state(store_dir)
-    r = cli("snapshot", folder, "--model", "pg4", "--convert-pickle")
-    assert r.rc == 4, r
-    line = _one_line(r)
+    line = _refused_conversion(cli, store_dir, folder, "pg4")
     assert "model.pt (converted to model.safetensors)" in line and "empty tensor name" in line
     assert "--exclude 'model.pt'" in line and "weightvault-convert" not in line and "/tmp" not in line
-    assert _state(store_dir) == before
 
 
 # -- 7. memory -----------------------------------------------------------------------------------------

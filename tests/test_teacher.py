@@ -312,12 +312,15 @@ def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, pro
                 os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, inside the write's block
         return write
 
-    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", ctrl_c_once(4))
-    out = tmp_path / "o.parquet"
-    with pytest.raises(distill.DistillInterrupted) as e:
-        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
-                    device="cpu")
-    r = e.value.result
+    def interrupted_run(after_rows: int, out):
+        """The result of a run that Ctrl-C stops once ``after_rows`` rows are written."""
+        monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", ctrl_c_once(after_rows))
+        with pytest.raises(distill.DistillInterrupted) as e:
+            distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out,
+                        DistillSettings(max_new_tokens=3, batch_size=2), device="cpu")
+        return e.value.result
+
+    r = interrupted_run(4, tmp_path / "o.parquet")
     partial = tmp_path / "o.partial.parquet"
     assert writes == [2, 2] and r.rows == 4 and not r.complete, (writes, r)
     assert pq.read_table(str(partial)).num_rows == 4
@@ -326,12 +329,8 @@ def test_ctrl_c_right_after_a_batch_is_written_counts_that_batch(gpt2_vault, pro
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the same Ctrl-C during the last batch: the file is whole, so it is OUT and recorded complete
     writes.clear()
-    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", ctrl_c_once(5))
     out = tmp_path / "whole.parquet"
-    with pytest.raises(distill.DistillInterrupted) as e:
-        distill.run(gpt2_vault, "tiny-gpt2@1", prompts_file, out, DistillSettings(max_new_tokens=3, batch_size=2),
-                    device="cpu")
-    r = e.value.result
+    r = interrupted_run(5, out)
     assert r.complete and r.rows == 5 and r.output == str(out) and pq.read_table(str(out)).num_rows == 5
     assert not (tmp_path / "whole.partial.parquet").exists()
     assert gpt2_vault.sql("SELECT complete FROM distill_runs WHERE run_id = ?", [r.run_id])[1] == [(True,)]
