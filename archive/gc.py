@@ -98,10 +98,11 @@ def remove_version(store: Store, model: str, version: str, *, reason: str = "",
                    "created_at": ref.created_at if ref else None, "reason": reason}
         if unreadable:
             payload["unreadable_ref"] = unreadable
-        try:  # its edges, so the lineage of what derives from it still reaches past it
+        try:  # its edges, so the lineage of what derives from it still reaches past it, and its
+            # snapshot-time tags, so tag history keeps them as it keeps `tag` moves (events)
             if ref is not None:
                 m = store.get_manifest(ref.manifest_id)
-                payload.update(parent=m.parent, lineage=list(m.lineage))
+                payload.update(parent=m.parent, lineage=list(m.lineage), tags=sorted(set(m.tags)))
         except IntegrityError:
             pass  # a damaged version can still be removed (gc and verify advise it)
         eid = store.put_event("removed", payload)

@@ -211,6 +211,30 @@ def test_a_tag_on_a_removed_version_does_not_resolve(vault, cli, tmp_path):
     assert str(vault.resolve("a@prod")) == "a@1"
 
 
+def test_a_snapshot_time_tag_outlives_rm_as_a_moved_tag_does(vault, cli, tmp_path):
+    write_model(tmp_path / "m1", toy_tensors(seed=1))
+    write_model(tmp_path / "m2", toy_tensors(seed=2))
+    ok(cli("snapshot", tmp_path / "m1", "--model", "a", "--tag", "prod", "--tag", "first"))
+    ok(cli("snapshot", tmp_path / "m2", "--model", "a"))
+    ok(cli("rm", "a@1"))
+    ok(cli("gc", "--grace", "0"))  # the manifest that named the tags is gone; the removal record keeps them
+
+    r = cli("show", "a@prod")
+    assert r.rc == 3 and "removed" in r.err and "a@1" in r.err, r  # not "no such version"
+    rows = vault.sql("SELECT tag, version, version_id IS NOT NULL FROM tags WHERE model = 'a' ORDER BY tag")[1]
+    assert rows == [("first", None, True), ("prod", None, True)]
+    listing = ok(cli("tag", "a", "--json")).json()
+    assert sorted((h["tag"], h["version"], h["origin"], h["removed"], h["current"]) for h in listing) == [
+        ("first", "1", "snapshot", True, True), ("prod", "1", "snapshot", True, True)]
+
+    ok(cli("tag", "a@2", "prod"))  # a later move wins over the removed snapshot-time tag
+    assert str(vault.resolve("a@prod")) == "a@2"
+    history = vault.sql("SELECT origin, version_id IS NOT NULL FROM tag_history WHERE tag = 'prod' "
+                        "ORDER BY moved_at")[1]
+    assert history == [("snapshot", True), ("event", True)]
+    assert_same(dump(vault), rebuild_dump(vault, cli))
+
+
 # -- finding 5: repair quarantines a chunk --------------------------------------------
 
 
