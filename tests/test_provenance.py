@@ -361,6 +361,7 @@ def test_bad_provenance_input_leaves_nothing(family, cli, store_dir):
         (("snapshot", "/nonexistent", "--model", "y", "--relation", "cast"), 2, "--relation needs --base-model"),
         (("lineage", "tiny-ft@1", "--add-base", "hf:../x", "--relation", "merge"), 4, "repo id"),
         (("dataset", "add", "wiki", "--version", "20231101"), 4, "already recorded"),
+        (("dataset", "add", "wiki", "--version", "2023110", "--replace"), 3, "nothing to correct"),  # a typo
         (("dataset", "add", "x", "--license", "not a licence!"), 4, "--license: 'not a licence!'"),
         (("dataset", "add", "x", "--cutoff", "2023-02-30"), 4, "--cutoff: '2023-02-30'"),
         (("dataset", "add", "x", "--extra", "[1]"), 2, "--extra"),

@@ -80,6 +80,7 @@ def add_dataset(vault, record: dict, *, source: str = "flags", replace: bool = F
     Raises:
         RecordValidationError: a field is missing or invalid (named in the message).
         AlreadyExistsError: name@version is recorded and ``replace`` is False.
+        NotFoundError: name@version is not recorded and ``replace`` is True.
     """
     from weightvault.catalog import indexer
 
@@ -95,6 +96,11 @@ def add_dataset(vault, record: dict, *, source: str = "flags", replace: bool = F
             if rows and not replace:
                 raise AlreadyExistsError(f"dataset {rec['name']}@{rec['version']} is already recorded",
                                          hint="pass --replace to record a correction, or give another --version")
+            if replace and not rows:  # a mistyped name or --version would record a new dataset silently
+                raise NotFoundError(f"dataset {rec['name']}@{rec['version']} is not recorded, so --replace has "
+                                    "nothing to correct",
+                                    hint="add it without --replace; list the recorded ones with "
+                                         "`weightvault dataset list`")
             eid = vault.store.put_event("dataset", rec)
             indexer.sync(con, vault.store)
     return eid, rec
