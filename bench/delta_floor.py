@@ -62,7 +62,7 @@ BIAS = 127
 
 
 def load(folder: Path) -> dict:
-    """name -> (dtype, float64 values, exponent field) of every F32/BF16 tensor in a folder."""
+    """name -> (dtype, float64 values, exponent fields, raw bytes) of every F32/BF16 tensor in a folder."""
     import numpy as np
 
     from weightvault.archive.safetensors_header import read_header
@@ -126,7 +126,7 @@ def tensor_bits(old, new, exp_old, exp_new, dtype: str) -> dict[str, float]:
     """Ideal bits of ``new`` given ``old`` under each model (see the module docstring)."""
     import numpy as np
 
-    d = (new - old)
+    d = new - old
     ulp = np.ldexp(1.0, np.maximum(exp_new, 1) - BIAS - MANTISSA[dtype])  # subnormals: the spacing of exponent 1
     moved = d != 0
     n, k = d.size, int(moved.sum())
