@@ -120,10 +120,17 @@ def fetch_base(get_raw, base_id: str, chunk_id: str, expected_len: int | None = 
 
     Raises:
         DeltaBaseMissingError: the base is not in the store.
+        ChunkCorruptError: ``expected_len`` is given and the base has another length.
     """
     raw = BASES.get(base_id)
-    if raw is not None:
-        return raw
+    if raw is None:
+        raw = _read_base(get_raw, base_id, chunk_id)
+    if expected_len is not None and len(raw) != expected_len:
+        raise ChunkCorruptError(chunk_id, f"base {base_id} has {len(raw)} bytes, expected {expected_len}")
+    return raw
+
+
+def _read_base(get_raw, base_id: str, chunk_id: str) -> bytes:
     if get_raw is None:
         raise ChunkCorruptError(chunk_id, f"needs base chunk {base_id} but no store was given")
     try:
@@ -134,8 +141,6 @@ def fetch_base(get_raw, base_id: str, chunk_id: str, expected_len: int | None = 
         if e.chunk_id != base_id:
             raise
         raise DeltaBaseMissingError(base_id, chunk_id) from None
-    if expected_len is not None and len(raw) != expected_len:
-        raise ChunkCorruptError(chunk_id, f"base {base_id} has {len(raw)} bytes, expected {expected_len}")
     raw = bytes(raw)
     BASES.put(base_id, raw)
     return raw
@@ -332,8 +337,6 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
         # the partition comes from the base, so the base is needed before the streams' sizes are known
         cuts = _cuts(h, itemsize, chunk_id)
         base = fetch_base(get_raw, base_id, chunk_id, h.raw_len)
-        if len(base) != h.raw_len:
-            raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
         segs = segment_sizes(key_counts(base, itemsize), cuts)
         if not all(segs):
             raise ChunkCorruptError(chunk_id, "delta cuts make an empty segment (the encoder never does)")
@@ -354,8 +357,6 @@ def _decode(h, container, chunk_id, get_raw, dest=None):
                    for k in range(itemsize))
     if base is None:
         base = fetch_base(get_raw, base_id, chunk_id, h.raw_len)
-        if len(base) != h.raw_len:
-            raise ChunkCorruptError(chunk_id, f"delta base {base_id} has {len(base)} bytes, expected {h.raw_len}")
     smap = segment_map(cuts) if cuts is not None else None
     if native is not None:
         return native.planes_join(planes, base, _N_XOR if plain == XOR else _N_SUB, dest, smap)
